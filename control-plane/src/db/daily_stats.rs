@@ -1,0 +1,143 @@
+//! The `endpoint_daily_stats` table: per UTC day × endpoint × model × API
+//! kind totals. Boot falls back to today's totals for TPS when no exact EMA
+//! state was persisted.
+
+use sqlx::{SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use crate::types::ModelKey;
+
+/// Totals of one day and key (also used as a delta).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DailyTotals {
+    /// Completed attempts.
+    pub total_requests: u64,
+    /// Successful attempts.
+    pub successful_requests: u64,
+    /// Failed attempts.
+    pub failed_requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens of TPS-eligible requests (success, tokens > 0, duration > 0).
+    pub output_tokens: u64,
+    /// Duration of TPS-eligible requests.
+    pub duration_ms: f64,
+}
+
+impl DailyTotals {
+    /// Adds `o` to `self`.
+    pub fn add(&mut self, o: &DailyTotals) {
+        self.total_requests += o.total_requests;
+        self.successful_requests += o.successful_requests;
+        self.failed_requests += o.failed_requests;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.duration_ms += o.duration_ms;
+    }
+}
+
+/// Adds `d` to the row of `date` and `key`.
+pub async fn add(
+    conn: &mut SqliteConnection,
+    date: &str,
+    key: &ModelKey,
+    d: &DailyTotals,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO endpoint_daily_stats (date, endpoint_id, model, api_kind, total_requests, \
+         successful_requests, failed_requests, total_input_tokens, total_output_tokens, total_duration_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (date, endpoint_id, model, api_kind) DO UPDATE SET \
+         total_requests = total_requests + excluded.total_requests, \
+         successful_requests = successful_requests + excluded.successful_requests, \
+         failed_requests = failed_requests + excluded.failed_requests, \
+         total_input_tokens = total_input_tokens + excluded.total_input_tokens, \
+         total_output_tokens = total_output_tokens + excluded.total_output_tokens, \
+         total_duration_ms = total_duration_ms + excluded.total_duration_ms",
+    )
+    .bind(date)
+    .bind(key.endpoint_id.to_string())
+    .bind(&key.model)
+    .bind(key.api_kind)
+    .bind(d.total_requests as i64)
+    .bind(d.successful_requests as i64)
+    .bind(d.failed_requests as i64)
+    .bind(d.input_tokens as i64)
+    .bind(d.output_tokens as i64)
+    .bind(d.duration_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every key's totals on `date` (seed T019 `get_today_stats_all`).
+pub async fn for_date(
+    pool: &SqlitePool,
+    date: &str,
+) -> Result<Vec<(ModelKey, DailyTotals)>, sqlx::Error> {
+    type Row = (String, String, i32, i64, i64, i64, i64, i64, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT endpoint_id, model, api_kind, total_requests, successful_requests, failed_requests, \
+         total_input_tokens, total_output_tokens, total_duration_ms \
+         FROM endpoint_daily_stats WHERE date = ?",
+    )
+    .bind(date)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, model, api_kind, t, s, f, i, o, d)| {
+            let key = ModelKey {
+                endpoint_id: Uuid::parse_str(&id).ok()?,
+                model,
+                api_kind,
+            };
+            let totals = DailyTotals {
+                total_requests: t.max(0) as u64,
+                successful_requests: s.max(0) as u64,
+                failed_requests: f.max(0) as u64,
+                input_tokens: i.max(0) as u64,
+                output_tokens: o.max(0) as u64,
+                duration_ms: d,
+            };
+            Some((key, totals))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_db;
+
+    /// Seed T017: today's row comes back with the inserted values; other
+    /// days do not.
+    #[tokio::test]
+    async fn todays_totals_come_back() {
+        let (db, _dir) = test_db().await;
+        let key = ModelKey {
+            endpoint_id: Uuid::new_v4(),
+            model: "m".into(),
+            api_kind: 1,
+        };
+        let d = DailyTotals {
+            total_requests: 1,
+            successful_requests: 1,
+            output_tokens: 100,
+            duration_ms: 2000.0,
+            ..Default::default()
+        };
+        let mut conn = db.write.acquire().await.unwrap();
+        add(&mut conn, "2026-11-28", &key, &d).await.unwrap();
+        add(&mut conn, "2026-11-27", &key, &d).await.unwrap();
+        add(&mut conn, "2026-11-28", &key, &d).await.unwrap();
+        drop(conn);
+        let mut want = d;
+        want.add(&d);
+        assert_eq!(
+            for_date(&db.read, "2026-11-28").await.unwrap(),
+            vec![(key.clone(), want)]
+        );
+        assert_eq!(for_date(&db.read, "2026-11-26").await.unwrap(), vec![]);
+    }
+}

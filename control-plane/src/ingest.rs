@@ -1,0 +1,380 @@
+//! The stats pipeline's receiving end: the `StatsService` stream handler and
+//! the single writer task that commits batches.
+//!
+//! Write path of a batch: the stream handler hands it to the writer; the
+//! writer groups what is queued into one transaction — insert the history
+//! rows that are new (`request_id` is the key, duplicates are skipped), then
+//! add counter, token, per-minute, per-day and TPS changes of the new rows
+//! only — commits, applies the same changes to the registry cache and the
+//! LoadManager, and only then acknowledges each batch. A batch that is not
+//! acknowledged is resent by its proxy; the `request_id` key makes the resend
+//! a no-op, so every record is applied exactly once.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use llmlb_proto::v1::{stats_upload, StatsAck, StatsUpload};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::api_keys::ApiKeys;
+use crate::db::daily_stats::{self, DailyTotals};
+use crate::db::endpoints::{self as db_endpoints, Counters};
+use crate::db::model_stats::{self, ModelState};
+use crate::db::request_history::{self, HistoryRow};
+use crate::db::request_minutes::{self, MinuteTotals};
+use crate::db::{api_keys as db_keys, Db};
+use crate::load::{observe, LoadManager, Sample};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::types::{from_timestamp, minute_of, now_ms, utc_date, ModelKey};
+
+/// Most records committed in one transaction.
+const MAX_RECORDS_PER_COMMIT: usize = 20_000;
+
+/// A batch waiting for the writer, with where its ack goes.
+#[derive(Debug)]
+pub struct WriteJob {
+    /// The proxy's batch id, echoed in the ack.
+    pub batch_id: u64,
+    /// The records.
+    pub records: Vec<llmlb_proto::v1::RequestRecord>,
+    /// The proxy's stream.
+    pub ack: mpsc::Sender<Result<StatsAck, Status>>,
+}
+
+/// Handle to queue batches for the writer.
+#[derive(Clone, Debug)]
+pub struct StatsWriter {
+    tx: mpsc::Sender<WriteJob>,
+}
+
+/// What the writer needs.
+#[derive(Clone, Debug)]
+pub struct WriterDeps {
+    /// Database.
+    pub db: Db,
+    /// Endpoint registry (counters).
+    pub registry: Registry,
+    /// LoadManager (timeline, TPS).
+    pub load: LoadManager,
+    /// API keys (last used).
+    pub api_keys: ApiKeys,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl StatsWriter {
+    /// Starts the writer task; it drains its queue and stops after `shutdown`.
+    pub fn spawn(
+        deps: WriterDeps,
+        shutdown: CancellationToken,
+    ) -> (StatsWriter, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(run_writer(deps, rx, shutdown));
+        (StatsWriter { tx }, task)
+    }
+
+    /// Queues a batch (waits while the queue is full: backpressure).
+    pub async fn submit(&self, job: WriteJob) -> Result<(), Status> {
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| Status::unavailable("control plane is shutting down"))
+    }
+}
+
+async fn run_writer(
+    deps: WriterDeps,
+    mut rx: mpsc::Receiver<WriteJob>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        let mut jobs = vec![first];
+        let mut n = jobs[0].records.len();
+        while n < MAX_RECORDS_PER_COMMIT {
+            let Ok(job) = rx.try_recv() else { break };
+            n += job.records.len();
+            jobs.push(job);
+        }
+        commit_and_ack(&deps, jobs).await;
+    }
+    // Shutdown: commit what is already queued, so acked work is never lost.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Ok(job) = rx.try_recv() {
+        rest.push(job);
+    }
+    if !rest.is_empty() {
+        commit_and_ack(&deps, rest).await;
+    }
+    tracing::info!("stats writer stopped");
+}
+
+async fn commit_and_ack(deps: &WriterDeps, jobs: Vec<WriteJob>) {
+    let started = Instant::now();
+    let batches: Vec<&[llmlb_proto::v1::RequestRecord]> =
+        jobs.iter().map(|j| j.records.as_slice()).collect();
+    match commit(deps, &batches).await {
+        Ok(results) => {
+            deps.metrics.observe_commit(
+                started.elapsed(),
+                results.iter().map(|r| u64::from(r.0)).sum(),
+            );
+            for (job, (applied, duplicates)) in jobs.into_iter().zip(results) {
+                let ack = StatsAck {
+                    batch_id: job.batch_id,
+                    applied,
+                    duplicates,
+                };
+                // A proxy that went away resends the batch; nothing to do here.
+                let _ = job.ack.send(Ok(ack)).await;
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "committing stats failed; proxies will resend");
+            for job in jobs {
+                let _ = job
+                    .ack
+                    .send(Err(Status::unavailable("stats commit failed; resend")))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Converts a wire record; `None` (logged) when its ids are malformed.
+fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
+    let (Ok(request_id), Ok(endpoint_id)) = (
+        Uuid::parse_str(&r.request_id),
+        Uuid::parse_str(&r.endpoint_id),
+    ) else {
+        tracing::warn!(request_id = %r.request_id, endpoint_id = %r.endpoint_id, "dropping stats record with a malformed id");
+        return None;
+    };
+    let duration_ms = if r.duration_ms.is_finite() {
+        r.duration_ms.max(0.0)
+    } else {
+        0.0
+    };
+    Some(HistoryRow {
+        request_id,
+        proxy_id: r.proxy_id.clone(),
+        endpoint_id,
+        model: r.model.clone(),
+        api_kind: r.api_kind,
+        status_code: r.status_code,
+        success: r.success,
+        duration_ms,
+        ttft_ms: r.ttft_ms.filter(|t| t.is_finite()),
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        completed_at: r
+            .completed_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or_else(now_ms),
+        error: r.error.clone(),
+        api_key_id: r.api_key_id.clone(),
+    })
+}
+
+/// Everything one commit changes besides the history rows.
+#[derive(Debug, Default)]
+struct Deltas {
+    counters: HashMap<Uuid, Counters>,
+    minutes: HashMap<i64, MinuteTotals>,
+    daily: HashMap<(String, ModelKey), DailyTotals>,
+    models: HashMap<ModelKey, ModelState>,
+    keys_used: HashMap<String, i64>,
+}
+
+impl Deltas {
+    fn add(&mut self, row: &HistoryRow, registry: &Registry, load: &LoadManager) {
+        let ok = u64::from(row.success);
+        let sample = Sample {
+            success: row.success,
+            output_tokens: row.output_tokens,
+            duration_ms: row.duration_ms,
+        };
+        let c = self.counters.entry(row.endpoint_id).or_default();
+        c.add(&Counters {
+            total_requests: 1,
+            successful_requests: ok,
+            failed_requests: 1 - ok,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+        });
+        let minute = minute_of(row.completed_at);
+        self.minutes.entry(minute).or_default().add(&MinuteTotals {
+            success: ok,
+            failure: 1 - ok,
+            total_duration_ms: row.duration_ms,
+        });
+        let key = ModelKey {
+            endpoint_id: row.endpoint_id,
+            model: row.model.clone(),
+            api_kind: row.api_kind,
+        };
+        let eligible = sample.tps_eligible();
+        self.daily
+            .entry((utc_date(row.completed_at), key.clone()))
+            .or_default()
+            .add(&DailyTotals {
+                total_requests: 1,
+                successful_requests: ok,
+                failed_requests: 1 - ok,
+                input_tokens: row.input_tokens,
+                output_tokens: if eligible { row.output_tokens } else { 0 },
+                duration_ms: if eligible { row.duration_ms } else { 0.0 },
+            });
+        // TPS state only for endpoints that still exist (no ghost entries).
+        if registry.contains(&row.endpoint_id) {
+            let state = self
+                .models
+                .entry(key)
+                .or_insert_with_key(|k| load.model_state(k).unwrap_or_default());
+            observe(state, sample);
+        }
+        if let Some(id) = &row.api_key_id {
+            let at = self.keys_used.entry(id.clone()).or_insert(row.completed_at);
+            *at = (*at).max(row.completed_at);
+        }
+    }
+}
+
+/// Commits the batches in one transaction; returns (applied, duplicates)
+/// per batch.
+async fn commit(
+    deps: &WriterDeps,
+    batches: &[&[llmlb_proto::v1::RequestRecord]],
+) -> Result<Vec<(u32, u32)>, sqlx::Error> {
+    let rows: Vec<Vec<HistoryRow>> = batches
+        .iter()
+        .map(|b| b.iter().filter_map(to_row).collect())
+        .collect();
+    let all: Vec<HistoryRow> = rows.iter().flatten().cloned().collect();
+    let mut tx = deps.db.write.begin().await?;
+    let new = request_history::insert_new(&mut tx, &all).await?;
+    let mut deltas = Deltas::default();
+    for (row, _) in all.iter().zip(&new).filter(|(_, n)| **n) {
+        deltas.add(row, &deps.registry, &deps.load);
+    }
+    for (id, c) in &deltas.counters {
+        db_endpoints::add_counters(&mut tx, *id, c).await?;
+    }
+    for (minute, m) in &deltas.minutes {
+        request_minutes::add(&mut tx, *minute, m).await?;
+    }
+    for ((date, key), d) in &deltas.daily {
+        daily_stats::add(&mut tx, date, key, d).await?;
+    }
+    let now = now_ms();
+    for (key, s) in &deltas.models {
+        model_stats::put(&mut tx, key, s, now).await?;
+    }
+    for (id, at) in &deltas.keys_used {
+        db_keys::touch(&mut tx, id, *at).await?;
+    }
+    tx.commit().await?;
+
+    deps.registry.apply_counters(&deltas.counters);
+    deps.load
+        .apply_committed(&deltas.minutes, &deltas.models, minute_of(now));
+    deps.api_keys
+        .touched(&deltas.keys_used.into_iter().collect::<Vec<_>>());
+
+    let mut results = Vec::with_capacity(batches.len());
+    let mut flags = new.iter();
+    for (batch, rows) in batches.iter().zip(&rows) {
+        let applied = flags.by_ref().take(rows.len()).filter(|n| **n).count() as u32;
+        results.push((applied, batch.len() as u32 - applied));
+    }
+    Ok(results)
+}
+
+// === impl StatsService ===
+
+/// The proxy-facing `StatsService`.
+#[derive(Clone, Debug)]
+pub struct StatsService {
+    /// Where batches go.
+    pub writer: StatsWriter,
+    /// In-flight gauges and connected proxies.
+    pub load: LoadManager,
+    /// Ends every stream at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
+    type StreamStatsStream = ReceiverStream<Result<StatsAck, Status>>;
+
+    async fn stream_stats(
+        &self,
+        request: Request<Streaming<StatsUpload>>,
+    ) -> Result<Response<Self::StreamStatsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let proxy_id = match inbound.message().await?.and_then(|m| m.kind) {
+            Some(stats_upload::Kind::Hello(h)) if !h.proxy_id.is_empty() => h.proxy_id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello with a proxy id",
+                ))
+            }
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let conn = this.load.proxy_connected(&proxy_id);
+            tracing::info!(%proxy_id, "proxy connected");
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.message() => msg,
+                    _ = this.shutdown.cancelled() => break,
+                };
+                let kind = match msg {
+                    Ok(Some(m)) => m.kind,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%proxy_id, %status, "stats stream error");
+                        break;
+                    }
+                };
+                match kind {
+                    Some(stats_upload::Kind::Batch(b)) => {
+                        let job = WriteJob {
+                            batch_id: b.batch_id,
+                            records: b.records,
+                            ack: tx.clone(),
+                        };
+                        if this.writer.submit(job).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(stats_upload::Kind::Inflight(r)) => {
+                        let map = r
+                            .by_endpoint
+                            .into_iter()
+                            .filter_map(|(id, n)| Some((Uuid::parse_str(&id).ok()?, n)))
+                            .filter(|(_, n)| *n > 0)
+                            .collect();
+                        this.load.set_inflight(&proxy_id, conn, map);
+                    }
+                    Some(stats_upload::Kind::Hello(_)) | None => {}
+                }
+            }
+            this.load.proxy_disconnected(&proxy_id, conn);
+            tracing::info!(%proxy_id, "proxy disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
