@@ -70,7 +70,7 @@ impl Running {
     /// fires, then drains every task within `grace` and closes the database.
     pub async fn wait(mut self, grace: Duration) {
         let first = futures::future::select_all(self.tasks.iter_mut().map(|(_, t)| t));
-        tokio::select! {
+        let finished = tokio::select! {
             (result, index, _) = first => {
                 let name = self.tasks[index].0;
                 match result {
@@ -78,12 +78,18 @@ impl Running {
                     Ok(()) => tracing::error!(task = name, "task stopped unexpectedly; shutting down"),
                     Err(e) => tracing::error!(task = name, error = %e, "task failed; shutting down"),
                 }
+                Some(index)
             }
-            _ = self.shutdown.cancelled() => {}
-        }
+            _ = self.shutdown.cancelled() => None,
+        };
         self.shutdown.cancel();
-        let all = futures::future::join_all(self.tasks.into_iter().map(|(_, t)| t));
-        if tokio::time::timeout(grace, all).await.is_err() {
+        let rest = self
+            .tasks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != finished)
+            .map(|(_, (_, t))| t);
+        if tokio::time::timeout(grace, futures::future::join_all(rest)).await.is_err() {
             tracing::warn!("tasks did not stop within the grace period");
         }
         self.db.close().await;

@@ -1,0 +1,102 @@
+//! Test support for llmlb: starts the real `llmlb-control` and `llmlb-proxy`
+//! binaries (each in its own process group, killed with it), fake OpenAI
+//! backends, and offers small clients and a poll-with-deadline helper.
+//!
+//! The binaries are taken from the target directory the tests run from;
+//! `make test` builds them first (`cargo build --workspace --bins`).
+#![forbid(unsafe_code)]
+
+pub mod process;
+
+pub use process::bin_path;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer};
+pub use process::{ControlPlane, ControlPlaneOptions, Proxy};
+
+use llmlb_proto::v1 as pb;
+use tonic::transport::Channel;
+
+/// Polls `check` until it returns `Some`, failing after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gRPC channel to `url` (lazy: connects on first use, reconnects).
+pub fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string()).expect("valid url").connect_lazy()
+}
+
+/// EndpointService client.
+pub fn endpoints_client(url: &str) -> pb::endpoint_service_client::EndpointServiceClient<Channel> {
+    pb::endpoint_service_client::EndpointServiceClient::new(channel(url))
+}
+
+/// DashboardService client.
+pub fn dashboard_client(url: &str) -> pb::dashboard_service_client::DashboardServiceClient<Channel> {
+    pb::dashboard_service_client::DashboardServiceClient::new(channel(url))
+}
+
+/// Registers an endpoint over gRPC and returns it.
+pub async fn create_endpoint(grpc_url: &str, name: &str, base_url: &str, models: &[&str]) -> pb::Endpoint {
+    endpoints_client(grpc_url)
+        .create_endpoint(pb::CreateEndpointRequest {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            models: models.iter().map(|m| m.to_string()).collect(),
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner()
+}
+
+/// The overview over gRPC.
+pub async fn overview(grpc_url: &str) -> pb::Overview {
+    dashboard_client(grpc_url)
+        .get_overview(pb::GetOverviewRequest {})
+        .await
+        .expect("get overview")
+        .into_inner()
+}
+
+/// An endpoint's dashboard figures from an overview.
+pub fn endpoint_stats<'a>(o: &'a pb::Overview, id: &str) -> &'a pb::EndpointStats {
+    o.endpoints.iter().find(|e| e.id == id).expect("endpoint in overview")
+}
+
+/// Waits until the endpoint is ONLINE (per gRPC).
+pub async fn wait_online(grpc_url: &str, id: &str) {
+    eventually(Duration::from_secs(20), "endpoint online", || async {
+        let o = overview(grpc_url).await;
+        (endpoint_stats(&o, id).status == pb::EndpointStatus::Online as i32).then_some(())
+    })
+    .await
+}
+
+/// A plain HTTP client.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+}
+
+/// A chat completion request body.
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hello"}],
+    })
+}
