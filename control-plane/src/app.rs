@@ -83,14 +83,18 @@ impl Running {
             _ = self.shutdown.cancelled() => None,
         };
         self.shutdown.cancel();
-        let rest = self
+        let rest: Vec<_> = self
             .tasks
             .into_iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != finished)
-            .map(|(_, (_, t))| t);
-        if tokio::time::timeout(grace, futures::future::join_all(rest)).await.is_err() {
-            tracing::warn!("tasks did not stop within the grace period");
+            .map(|(_, t)| t)
+            .collect();
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, task) in rest {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(task = name, "task did not stop within the grace period");
+            }
         }
         self.db.close().await;
         tracing::info!("control plane stopped");
@@ -269,6 +273,9 @@ struct GrpcServices {
     stats_service: StatsService,
 }
 
+/// How long in-flight gRPC calls get to finish after a shutdown signal.
+const GRPC_DRAIN: Duration = Duration::from_secs(1);
+
 async fn grpc_server(
     listener: TcpListener,
     s: GrpcServices,
@@ -301,7 +308,7 @@ async fn grpc_server(
         tracing::error!("building server reflection failed");
         return;
     };
-    let result = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -320,10 +327,23 @@ async fn grpc_server(
             proxy.clone(),
         ))
         .add_service(StatsServiceServer::with_interceptor(s.stats_service, proxy))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "grpc server failed");
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    // A graceful HTTP/2 shutdown waits for every client to close its
+    // connection, which idle clients may never do: after a short drain, the
+    // remaining connections are dropped. Nothing acknowledged is lost (the
+    // writer commits what it has queued) and proxies resend what was not.
+    let drained = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GRPC_DRAIN).await;
+    };
+    tokio::select! {
+        result = serve => if let Err(error) = result {
+            tracing::error!(%error, "grpc server failed");
+        },
+        _ = drained => tracing::debug!("closing the remaining gRPC connections"),
     }
 }
 

