@@ -12,15 +12,15 @@ fn options(dir: &tempfile::TempDir) -> ControlPlaneOptions {
 
 /// What must be identical across a restart: everything but the instant,
 /// the connections and what health probes keep refreshing.
-fn comparable(
-    o: &pb::Overview,
-) -> (
+type Comparable = (
     pb::Stats,
     Vec<pb::EndpointStats>,
     Vec<(i64, u64, u64)>,
     Vec<pb::ModelTps>,
-) {
-    let mut stats = o.stats.clone().unwrap();
+);
+
+fn comparable(o: &pb::Overview) -> Comparable {
+    let mut stats = o.stats.unwrap();
     stats.generated_at = None;
     stats.connected_proxies = 0;
     stats.active_requests = 0;
@@ -99,7 +99,7 @@ async fn every_figure_survives_sigterm_and_sigkill() {
     let ack = send_stats(&grpc, "p1", 1, records).await;
     assert_eq!((ack.applied, ack.duplicates), (12, 0));
     let before = overview(&grpc).await;
-    let stats = before.stats.clone().unwrap();
+    let stats = before.stats.unwrap();
     assert_eq!(
         (
             stats.total_requests,
