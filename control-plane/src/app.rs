@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::rest::{self, Gateway};
 use crate::restore::restore;
+use crate::tls::{self, TlsFiles};
 use crate::types::now_ms;
 
 /// Errors that stop the boot.
@@ -42,6 +43,9 @@ pub enum BootError {
     /// The registry cannot be read.
     #[error("cannot load the endpoint registry: {0}")]
     Registry(sqlx::Error),
+    /// The TLS certificate or key is not usable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listener cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -109,6 +113,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BootError> {
 
 /// Boots the control plane and starts its tasks.
 pub async fn start(config: Config) -> Result<Running, BootError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles::load(cert, key)?),
+        _ => None,
+    };
     let db = Db::open(&config.database).await?;
     let events = Events::default();
     let metrics = Metrics::default();
@@ -233,6 +241,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         },
         admin.clone(),
         proxy_auth,
+        tls.clone(),
         shutdown.clone(),
     );
     tasks.push(("grpc server", tokio::spawn(grpc)));
@@ -244,17 +253,24 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         admin,
         metrics,
     };
+    let router = rest::router(gateway);
     let http_shutdown = shutdown.clone();
-    tasks.push((
-        "http server",
-        tokio::spawn(async move {
-            let serve = axum::serve(http_listener, rest::router(gateway))
+    let http_task = match &tls {
+        Some(files) => tokio::spawn(tls::serve_https(
+            http_listener,
+            router,
+            files.acceptor()?,
+            http_shutdown,
+        )),
+        None => tokio::spawn(async move {
+            let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(error) = serve.await {
                 tracing::error!(%error, "http server failed");
             }
         }),
-    ));
+    };
+    tasks.push(("http server", http_task));
     tracing::info!(grpc = %grpc_addr, http = %http_addr, database = %config.database.display(), "control plane listening");
     Ok(Running {
         grpc_addr,
@@ -281,6 +297,7 @@ async fn grpc_server(
     s: GrpcServices,
     admin: BearerAuth,
     proxy: BearerAuth,
+    tls: Option<TlsFiles>,
     shutdown: CancellationToken,
 ) {
     use pb::{
@@ -308,7 +325,19 @@ async fn grpc_server(
         tracing::error!("building server reflection failed");
         return;
     };
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = tls {
+        let identity = tonic::transport::Identity::from_pem(files.cert_pem, files.key_pem);
+        builder =
+            match builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+                Ok(b) => b,
+                Err(error) => {
+                    tracing::error!(%error, "gRPC TLS setup failed");
+                    return;
+                }
+            };
+    }
+    let serve = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)

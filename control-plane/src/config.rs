@@ -86,9 +86,6 @@ impl Config {
         if self.health_check_timeout > self.health_check_interval.max(Duration::from_secs(600)) {
             return Err("--health-check-timeout is longer than 10 minutes".into());
         }
-        if self.tls_cert.is_some() {
-            return Err("--tls-cert/--tls-key: TLS is not implemented yet; terminate TLS in front of llmlb-control".into());
-        }
         if self.insecure {
             return Ok(());
         }

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod registry;
 pub mod rest;
 pub mod restore;
+pub mod tls;
 pub mod types;

@@ -190,3 +190,90 @@ async fn secrets_never_appear_in_replies() {
         .unwrap();
     assert_eq!(listed["apiKeys"], serde_json::json!([]));
 }
+
+/// TLS on both listeners with a self-signed certificate.
+#[tokio::test]
+async fn tls_protects_both_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, &cert_pem).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut options = ControlPlaneOptions::new(dir.path().join("llmlb.db"));
+    options.args.extend([
+        "--tls-cert".into(),
+        cert_path.display().to_string(),
+        "--tls-key".into(),
+        key_path.display().to_string(),
+    ]);
+    let cp = ControlPlane::start(options);
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!(
+        "https://localhost:{}",
+        cp.options.grpc.port()
+    ))
+    .unwrap()
+    .tls_config(tls)
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let stats = pb::dashboard_service_client::DashboardServiceClient::new(channel)
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.total_endpoints, 0);
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/api/dashboard/stats",
+        cp.options.http.port()
+    );
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP on the TLS port does not get an answer.
+    let plain = http()
+        .get(format!("http://{}/api/dashboard/stats", cp.options.http))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+#[test]
+fn an_unusable_certificate_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let out = std::process::Command::new(bin_path("llmlb-control"))
+        .args([
+            "--database",
+            dir.path().join("x.db").to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            bad.to_str().unwrap(),
+            "--tls-key",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
