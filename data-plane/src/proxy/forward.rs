@@ -1,0 +1,252 @@
+//! Sending a request upstream, with failover.
+//!
+//! Up to [`MAX_ATTEMPTS`] attempts, each on an endpoint not tried yet for
+//! this request (picked by power of two choices over peak-EWMA cost), while
+//! nothing has reached the client. An attempt fails over when it cannot
+//! connect, when anything else goes wrong before the response headers
+//! (including the `--upstream-timeout`), or when the upstream answers 5xx and
+//! another endpoint is left to try. Every attempt emits its own stats record.
+//!
+//! When no attempt is left: if the last attempt got a 5xx answer, that answer
+//! is relayed to the client as it is (the upstream's own error body is the
+//! most useful thing to show); if the last attempt got no answer, the client
+//! gets 502 `upstream_unreachable` with the last error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::attempt::{Attempt, RequestInfo};
+use super::relay::{Mode, RelayBody};
+use super::request::ParsedRequest;
+use super::{body::ProxyBody, error_chain, App};
+use crate::balance;
+use crate::error::ProxyError;
+use crate::metrics::InflightRequest;
+use crate::routing::Endpoint;
+
+/// Most attempts for one request (the first and two failovers).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Latency sample recorded for an endpoint whose attempt failed without an
+/// answer, so that the balancer steers away from it until it recovers.
+const FAILURE_LATENCY: Duration = Duration::from_secs(5);
+
+/// Client headers forwarded upstream (plus every `openai-*` header).
+const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Hop-by-hop headers, never relayed in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// One client request ready to go upstream.
+pub struct Forward {
+    /// Method, URI and headers of the client request.
+    pub parts: Parts,
+    /// The parsed body.
+    pub parsed: ParsedRequest,
+    /// What every attempt's record says about the request.
+    pub info: Arc<RequestInfo>,
+    /// Routable endpoints serving the model.
+    pub candidates: Vec<Arc<Endpoint>>,
+    /// Keeps the request counted in flight.
+    pub inflight: InflightRequest,
+}
+
+impl App {
+    /// Runs the attempts; see the module documentation.
+    pub(super) async fn forward(
+        &self,
+        forward: Forward,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Forward {
+            parts,
+            parsed,
+            info,
+            mut candidates,
+            inflight,
+        } = forward;
+        let mut last_error = String::from("no endpoint tried");
+        for attempt_no in 1..=MAX_ATTEMPTS {
+            let now = Instant::now();
+            let picked = balance::pick(&candidates, |e| e.load.cost(now), &mut rand::rng());
+            let Some(index) = picked else { break };
+            let endpoint = candidates.swap_remove(index);
+            let last_chance = attempt_no == MAX_ATTEMPTS || candidates.is_empty();
+            let mut attempt = Attempt::start(
+                info.clone(),
+                endpoint.clone(),
+                self.loads.start(&endpoint.id),
+                self.reporter.clone(),
+            );
+            let request = upstream_request(&endpoint, &parts, parsed.body.clone());
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.upstream_timeout, self.client.request(request))
+                .instrument(attempt.span().clone())
+                .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    endpoint.load.observe(started.elapsed(), Instant::now());
+                    let status = response.status();
+                    attempt.set_status(status.as_u16());
+                    if status.is_server_error() && !last_chance {
+                        attempt.fail(format!("upstream answered {status}; failing over"));
+                        last_error = format!("endpoint {} answered {status}", endpoint.id);
+                        continue;
+                    }
+                    return Ok(self.relay(response, attempt, parsed.strip_usage, inflight));
+                }
+                Ok(Err(e)) => {
+                    endpoint.load.observe(FAILURE_LATENCY, Instant::now());
+                    last_error = format!("endpoint {}: {}", endpoint.id, error_chain(&e));
+                    attempt.fail(format!("upstream request failed: {}", error_chain(&e)));
+                }
+                Err(_elapsed) => {
+                    endpoint.load.observe(self.upstream_timeout, Instant::now());
+                    let secs = self.upstream_timeout.as_secs_f64();
+                    last_error = format!(
+                        "endpoint {} sent no response headers within {secs}s",
+                        endpoint.id
+                    );
+                    attempt.fail(format!("no response headers within {secs}s"));
+                }
+            }
+        }
+        Err(ProxyError::UpstreamUnreachable(last_error))
+    }
+
+    /// Turns an upstream response into the client's.
+    fn relay(
+        &self,
+        response: Response<Incoming>,
+        attempt: Attempt,
+        strip_usage: bool,
+        inflight: InflightRequest,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let mode = Mode::for_content_type(content_type, strip_usage);
+        strip_hop_by_hop(&mut parts.headers);
+        if mode.rewrites() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let body = RelayBody::new(body, mode, attempt, self.upstream_timeout, inflight);
+        Response::from_parts(parts, ProxyBody::relay(body))
+    }
+}
+
+/// The request to send to `endpoint`: same path and query, the forwardable
+/// client headers, the endpoint's own API key, and `body`.
+fn upstream_request(endpoint: &Endpoint, parts: &Parts, body: Bytes) -> Request<Full<Bytes>> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let uri = format!("{}{path}", endpoint.base_url);
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    // The URL was checked when the table was built; a failure here only
+    // leaves the URI empty, which the client reports as an error.
+    *request.uri_mut() = uri.parse().unwrap_or_default();
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        if FORWARDED.contains(name) || name.as_str().starts_with("openai-") {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    if let Some(authorization) = &endpoint.authorization {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    request
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::Load;
+
+    #[test]
+    fn upstream_request_keeps_useful_headers_only() {
+        let endpoint = Endpoint {
+            id: "e".into(),
+            name: "e".into(),
+            base_url: "http://127.0.0.1:9/prefix".into(),
+            authorization: Some(HeaderValue::from_static("Bearer upstream")),
+            routable: true,
+            models: vec![],
+            load: Arc::new(Load::new(Instant::now())),
+        };
+        let client = Request::post("/v1/chat/completions?x=1")
+            .header("authorization", "Bearer client-key")
+            .header("user-agent", "sdk/1")
+            .header("openai-organization", "org")
+            .header("cookie", "a=b")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap();
+        let (parts, ()) = client.into_parts();
+        let request = upstream_request(&endpoint, &parts, Bytes::from_static(b"{}"));
+        assert_eq!(
+            request.uri(),
+            "http://127.0.0.1:9/prefix/v1/chat/completions?x=1"
+        );
+        let headers = request.headers();
+        assert_eq!(headers["authorization"], "Bearer upstream");
+        assert_eq!(headers["user-agent"], "sdk/1");
+        assert_eq!(headers["openai-organization"], "org");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(headers.get("cookie").is_none() && headers.get("connection").is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+    }
+}
