@@ -179,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     let (writer, writer_task) = StatsWriter::spawn(deps, shutdown.clone());
     tasks.push(("stats writer", writer_task));
 
+    let probe = HttpProbe::new().map_err(|e| crate::tls::TlsError::Invalid(e.to_string()))?;
     let health_config = HealthConfig {
         interval: config.health_check_interval,
         timeout: config.health_check_timeout,
@@ -187,7 +188,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         "health checker",
         tokio::spawn(health::run(
             registry.clone(),
-            Arc::new(HttpProbe::default()),
+            Arc::new(probe),
             health_config,
             events.clone(),
             metrics.clone(),

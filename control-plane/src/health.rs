@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
@@ -42,20 +43,28 @@ pub trait Probe: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
 }
 
-/// Probes over HTTP(S) with a pooled client.
+/// Probes over HTTP or HTTPS (web PKI roots) with a pooled client.
 #[derive(Clone, Debug)]
 pub struct HttpProbe {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
-impl Default for HttpProbe {
-    fn default() -> Self {
+impl HttpProbe {
+    /// A probe client; fails only if the TLS provider cannot be set up.
+    pub fn new() -> Result<HttpProbe, tokio_rustls::rustls::Error> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        HttpProbe {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        connector.enforce_http(false);
+        let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        Ok(HttpProbe {
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
     }
 }
 
