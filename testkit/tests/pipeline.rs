@@ -157,7 +157,7 @@ async fn requests_through_two_proxies_are_counted_exactly_once() {
     assert_eq!(o.history.iter().map(|m| m.success).sum::<u64>(), n);
     assert_eq!(
         st.average_response_time_source,
-        pb::AverageResponseTimeSource::Requests as i32
+        Some(pb::AverageResponseTimeSource::Requests as i32)
     );
 
     // One more request is visible within a second of completing.

@@ -110,7 +110,7 @@ async fn every_figure_survives_sigterm_and_sigkill() {
     );
     assert_eq!(
         stats.average_response_time_source,
-        pb::AverageResponseTimeSource::Requests as i32
+        Some(pb::AverageResponseTimeSource::Requests as i32)
     );
     assert_eq!(before.model_tps.len(), 2);
     assert!(before
@@ -207,10 +207,7 @@ async fn history_older_than_an_hour_restores_an_empty_timeline() {
         stats.total_requests, 2,
         "lifetime counters keep old requests"
     );
-    assert_ne!(
-        stats.average_response_time_source,
-        pb::AverageResponseTimeSource::Requests as i32
-    );
+    assert_eq!(stats.average_response_time_source, None);
     assert_eq!(
         stats.average_response_time_ms, None,
         "no request in the hour and no ONLINE endpoint"

@@ -41,9 +41,9 @@ pub struct DashboardApi {
 pub fn average_response_time(
     from_requests: Option<f64>,
     endpoints: &[EndpointRow],
-) -> (Option<f64>, pb::AverageResponseTimeSource) {
+) -> (Option<f64>, Option<pb::AverageResponseTimeSource>) {
     if let Some(avg) = from_requests {
-        return (Some(avg), pb::AverageResponseTimeSource::Requests);
+        return (Some(avg), Some(pb::AverageResponseTimeSource::Requests));
     }
     let latencies: Vec<f64> = endpoints
         .iter()
@@ -51,10 +51,13 @@ pub fn average_response_time(
         .filter_map(|e| e.latency_ms)
         .collect();
     if latencies.is_empty() {
-        return (None, pb::AverageResponseTimeSource::Unspecified);
+        return (None, None);
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
-    (Some(mean), pb::AverageResponseTimeSource::EndpointLatency)
+    (
+        Some(mean),
+        Some(pb::AverageResponseTimeSource::EndpointLatency),
+    )
 }
 
 impl DashboardApi {
@@ -92,7 +95,7 @@ impl DashboardApi {
                 .map(|e| active.get(&e.id).copied().unwrap_or(0))
                 .sum(),
             average_response_time_ms: avg,
-            average_response_time_source: source as i32,
+            average_response_time_source: source.map(|s| s as i32),
             connected_proxies: self.load.connected_proxies() as u32,
             generated_at: Some(timestamp(now)),
             ..Default::default()
@@ -261,20 +264,20 @@ mod tests {
         ];
         assert_eq!(
             average_response_time(None, &online),
-            (Some(150.0), pb::AverageResponseTimeSource::EndpointLatency)
+            (
+                Some(150.0),
+                Some(pb::AverageResponseTimeSource::EndpointLatency)
+            )
         );
         assert_eq!(
             average_response_time(Some(42.0), &online),
-            (Some(42.0), pb::AverageResponseTimeSource::Requests)
+            (Some(42.0), Some(pb::AverageResponseTimeSource::Requests))
         );
         let offline = [
             ep(EpStatus::Offline, Some(100.0)),
             ep(EpStatus::Error, Some(200.0)),
             ep(EpStatus::Online, None),
         ];
-        assert_eq!(
-            average_response_time(None, &offline),
-            (None, pb::AverageResponseTimeSource::Unspecified)
-        );
+        assert_eq!(average_response_time(None, &offline), (None, None));
     }
 }
