@@ -1,6 +1,7 @@
 //! Client API keys: creation (secret returned once), listing, revocation,
 //! with an in-memory copy of the active keys for the routing table.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -33,6 +34,8 @@ struct Inner {
     db: Db,
     /// Active (not revoked) keys, oldest first.
     active: RwLock<Vec<ApiKeyRow>>,
+    /// A key was created once (revoked or not): proxies require keys.
+    required: AtomicBool,
     /// Serialises changes so DB and cache apply in one order.
     changes: tokio::sync::Mutex<()>,
     /// Change notifications (keys travel in the routing table).
@@ -43,14 +46,22 @@ impl ApiKeys {
     /// Loads the active keys.
     pub async fn load(db: Db, events: Events) -> Result<ApiKeys, sqlx::Error> {
         let active = db_keys::list_active(&db.read).await?;
+        let required = db_keys::any(&db.read).await?;
         Ok(ApiKeys {
             inner: Arc::new(Inner {
                 db,
                 active: RwLock::new(active),
+                required: AtomicBool::new(required),
                 changes: tokio::sync::Mutex::new(()),
                 events,
             }),
         })
+    }
+
+    /// Whether proxies must require a client key: once a key was created,
+    /// they do for good, so revoking the last key never opens them.
+    pub fn required(&self) -> bool {
+        self.inner.required.load(Ordering::Relaxed)
     }
 
     /// Active keys, oldest first.
@@ -75,6 +86,7 @@ impl ApiKeys {
         let _guard = self.inner.changes.lock().await;
         db_keys::insert(&self.inner.db.write, &row).await?;
         self.inner.active.write().push(row.clone());
+        self.inner.required.store(true, Ordering::Relaxed);
         self.inner.events.routing_changed();
         Ok((row, secret))
     }
@@ -125,13 +137,16 @@ mod tests {
                 .unwrap();
         assert!(!format!("{dump:?}").contains(&secret));
         let id = uuid::Uuid::parse_str(&row.id).unwrap();
+        assert!(keys.required());
         keys.revoke(id).await.unwrap();
         assert!(keys.list().is_empty());
+        assert!(keys.required(), "revoking the last key opens nothing");
         assert!(matches!(
             keys.revoke(id).await,
             Err(RegistryError::NotFound(..))
         ));
         let reloaded = ApiKeys::load(db, Events::default()).await.unwrap();
         assert!(reloaded.list().is_empty());
+        assert!(reloaded.required());
     }
 }

@@ -377,11 +377,22 @@ async fn grpc_server(
     }
 }
 
-/// Deletes request history older than `retention` in small batches, so the
-/// stats writer (same connection) is never held up for long.
+/// Rows deleted by one pruning statement.
+const PRUNE_BATCH: u32 = 1_000;
+
+/// How often the pruner runs: half the retention, between 1 s and 60 s (so
+/// a row lives at most 1.5 × the retention, or the retention + 60 s).
+fn prune_interval(retention: Duration) -> Duration {
+    (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Deletes request history older than `retention` in small batches
+/// ([`PRUNE_BATCH`] rows per statement, each its own transaction), so the
+/// stats writer (same connection) waits for one short statement at most.
 async fn prune_history(db: Db, retention: Duration, shutdown: CancellationToken) {
-    const BATCH: u32 = 2_000;
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    const BATCH: u32 = PRUNE_BATCH;
+    let mut tick = tokio::time::interval(prune_interval(retention));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -407,5 +418,30 @@ async fn prune_history(db: Db, retention: Duration, shutdown: CancellationToken)
         if removed > 0 {
             tracing::info!(removed, "pruned request history past the retention");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pruner_runs_at_half_the_retention_within_bounds() {
+        assert_eq!(
+            prune_interval(Duration::from_secs(7 * 86_400)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            prune_interval(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            prune_interval(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            prune_interval(Duration::from_millis(10)),
+            Duration::from_secs(1)
+        );
     }
 }

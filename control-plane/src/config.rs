@@ -51,7 +51,8 @@ pub struct Config {
     #[arg(long, env = "LLMLB_HEALTH_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub health_check_timeout: Duration,
 
-    /// How long per-request history rows are kept (daily and per-minute totals are kept for good).
+    /// How long per-request history rows are kept (daily and per-minute totals are kept for good);
+    /// older rows are pruned every retention/2 (between 1s and 60s), 1,000 rows per statement.
     #[arg(long, env = "LLMLB_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub history_retention: Duration,
 

@@ -268,19 +268,22 @@ async fn commit(
     for (row, _) in all.iter().zip(&new).filter(|(_, n)| **n) {
         deltas.add(row, &deps.registry, &deps.load);
     }
-    for (id, c) in &deltas.counters {
-        db_endpoints::add_counters(&mut tx, *id, c).await?;
-    }
+    // One statement per ≤500 keys, not one per key: each statement is a
+    // round trip to sqlx's SQLite thread.
+    let counters: Vec<_> = deltas.counters.iter().map(|(id, c)| (*id, c)).collect();
+    db_endpoints::add_counters_many(&mut tx, &counters).await?;
     for (minute, m) in &deltas.minutes {
         request_minutes::add(&mut tx, *minute, m).await?;
     }
-    for ((date, key), d) in &deltas.daily {
-        daily_stats::add(&mut tx, date, key, d).await?;
-    }
+    let daily: Vec<_> = deltas
+        .daily
+        .iter()
+        .map(|((date, key), d)| (date.as_str(), key, d))
+        .collect();
+    daily_stats::add_many(&mut tx, &daily).await?;
     let now = now_ms();
-    for (key, s) in &deltas.models {
-        model_stats::put(&mut tx, key, s, now).await?;
-    }
+    let models: Vec<_> = deltas.models.iter().collect();
+    model_stats::put_many(&mut tx, &models, now).await?;
     for (id, at) in &deltas.keys_used {
         db_keys::touch(&mut tx, id, *at).await?;
     }
@@ -345,7 +348,10 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                     Ok(Some(m)) => m.kind,
                     Ok(None) => break,
                     Err(status) => {
+                        // E.g. a message over the size limit (OUT_OF_RANGE):
+                        // the proxy gets the reason instead of a silent end.
                         tracing::debug!(%proxy_id, %status, "stats stream error");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

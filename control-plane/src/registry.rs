@@ -110,6 +110,16 @@ pub fn validate_base_url(url: &str) -> Result<String, RegistryError> {
     if authority.host().is_empty() || authority.as_str().contains('@') {
         return Err(bad("must have a host and no user info"));
     }
+    // `Uri` accepts any digits as a port (`port_u16` is then `None`).
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(bad("has a port outside 1-65535"));
+        }
+    }
     if uri.query().is_some() {
         return Err(bad("must not have a query"));
     }
@@ -437,6 +447,29 @@ mod tests {
             (c.total_requests, c.successful_requests, c.failed_requests),
             (2, 1, 1)
         );
+    }
+
+    #[test]
+    fn base_urls_need_a_scheme_a_host_and_a_real_port() {
+        for bad in [
+            "ftp://h",
+            "h:80",
+            "http://",
+            "http://u:p@h",
+            "http://h/?q",
+            "http://h:0",
+            "http://h:65536",
+            "http://h:99999",
+        ] {
+            assert!(validate_base_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_base_url(" https://h:65535/v/ ").unwrap(),
+            "https://h:65535/v"
+        );
+        assert!(validate_base_url("http://[::1]").is_ok());
+        assert!(validate_base_url("http://[::1]:8080").is_ok());
+        assert!(validate_base_url("http://[::1]:0").is_err());
     }
 
     #[tokio::test]

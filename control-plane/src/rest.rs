@@ -5,7 +5,7 @@
 //! grpc-gateway shape `{"code", "message", "details"}` and status table.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -86,6 +86,36 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A request body; when it cannot be read (larger than 1 MiB, broken
+/// stream) the answer is still a gateway error body, with HTTP status 413
+/// (code OUT_OF_RANGE) or 400.
+struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    Code::OutOfRange
+                } else {
+                    Code::InvalidArgument
+                };
+                let message = format!(
+                    "cannot read the request body (at most {MAX_BODY} bytes): {}",
+                    rejection.body_text()
+                );
+                let mut response = ApiError(Status::new(code, message)).into_response();
+                *response.status_mut() = status;
+                Err(response)
+            }
+        }
+    }
+}
 
 /// Parses a proto3-JSON body; an empty body reads as `{}`.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -222,7 +252,7 @@ async fn list_endpoints(State(gw): State<Gateway>) -> ApiResult<pb::ListEndpoint
 
 async fn create_endpoint(
     State(gw): State<Gateway>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<pb::Endpoint>), ApiError> {
     let req: pb::CreateEndpointRequest = parse_body(&body)?;
     let Json(e) = reply(gw.endpoints.create_endpoint(tonic::Request::new(req)).await)?;
@@ -243,7 +273,7 @@ async fn get_endpoint(
 async fn update_endpoint(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<pb::Endpoint> {
     let mut req: pb::UpdateEndpointRequest = parse_body(&body)?;
     req.id = id;
@@ -273,7 +303,7 @@ async fn list_api_keys(State(gw): State<Gateway>) -> ApiResult<pb::ListApiKeysRe
 
 async fn create_api_key(
     State(gw): State<Gateway>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<pb::CreateApiKeyResponse> {
     let req: pb::CreateApiKeyRequest = parse_body(&body)?;
     reply(gw.keys.create_api_key(tonic::Request::new(req)).await)

@@ -128,6 +128,18 @@ impl ProxyError {
     }
 }
 
+/// Most characters of client-supplied text (a model name) echoed in an
+/// error message or a log line.
+pub const CLIP_CHARS: usize = 256;
+
+/// `text` cut to [`CLIP_CHARS`] characters, with `…` when cut.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// A JSON answer with `status`.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
@@ -158,6 +170,15 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn long_client_text_is_clipped() {
+        assert_eq!(clip("gpt-4"), "gpt-4");
+        let long = "é".repeat(CLIP_CHARS + 10);
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), CLIP_CHARS + 1);
+        assert!(clipped.ends_with('…'));
+    }
 
     #[tokio::test]
     async fn openai_error_body() {

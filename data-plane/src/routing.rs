@@ -67,6 +67,8 @@ pub struct Table {
     by_model: HashMap<String, Vec<usize>>,
     /// Hex SHA-256 of a client API key → key id.
     api_keys: HashMap<String, String>,
+    /// Clients must present a valid key (a key exists or existed).
+    require_api_key: bool,
 }
 
 impl Table {
@@ -87,6 +89,7 @@ impl Table {
                 }
             }
         }
+        let require_api_key = proto.require_api_key || !proto.api_keys.is_empty();
         let api_keys = proto
             .api_keys
             .into_iter()
@@ -100,6 +103,7 @@ impl Table {
             endpoints,
             by_model,
             api_keys,
+            require_api_key,
         }
     }
 
@@ -118,9 +122,10 @@ impl Table {
         Ok(routable)
     }
 
-    /// Whether clients must present an API key (some key exists).
-    pub fn has_api_keys(&self) -> bool {
-        !self.api_keys.is_empty()
+    /// Whether clients must present an API key: some key exists, or one
+    /// existed and was revoked (the control plane says so).
+    pub fn requires_api_key(&self) -> bool {
+        self.require_api_key
     }
 
     /// The id of the API key whose secret is `secret`, if valid.
@@ -144,9 +149,9 @@ fn endpoint(proto: RouteEndpoint, loads: &Loads) -> Endpoint {
     let online = proto.status == EndpointStatus::Online as i32;
     let url_ok = base_url
         .parse::<http::Uri>()
-        .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
     if online && !url_ok {
-        warn!(endpoint_id = %proto.id, base_url = %proto.base_url, "endpoint URL unusable (only http:// is supported): not routed");
+        warn!(endpoint_id = %proto.id, base_url = %proto.base_url, "endpoint URL unusable (not an http:// or https:// URL): not routed");
     }
     let authorization = proto.api_key.as_deref().and_then(|key| {
         let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
@@ -303,6 +308,7 @@ mod tests {
                 sha256: hex::encode(Sha256::digest(b"secret")).to_uppercase(),
             }],
             generated_at: None,
+            require_api_key: false,
         };
         Table::new(proto, &Loads::default())
     }
@@ -338,7 +344,16 @@ mod tests {
     #[test]
     fn api_keys_match_by_hash() {
         let table = table();
-        assert!(table.has_api_keys());
+        assert!(table.requires_api_key());
+        let revoked = Table::new(
+            RoutingTable {
+                require_api_key: true,
+                ..RoutingTable::default()
+            },
+            &Loads::default(),
+        );
+        assert!(revoked.requires_api_key(), "no key left, still required");
+        assert_eq!(revoked.api_key_id("secret"), None);
         assert_eq!(table.api_key_id("secret"), Some("k1"));
         assert_eq!(table.api_key_id("Secret"), None);
     }

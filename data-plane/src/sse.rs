@@ -2,8 +2,9 @@
 //!
 //! Fed with the chunks of an upstream body as they arrive, split at any
 //! byte, it finds complete events (separated by a blank line: `\n\n` or
-//! `\r\n\r\n`), reads their `data:` lines, notes `[DONE]` and keeps the last
-//! token usage found (see [`crate::usage`]).
+//! `\r\n\r\n`), reads their `data:` lines, notes `[DONE]`, counts events
+//! whose data is not JSON, and keeps the last token usage found (see
+//! [`crate::usage`]).
 //!
 //! Two modes:
 //!
@@ -48,6 +49,8 @@ pub struct SseScanner {
     events: u64,
     /// Usage-only chunks dropped.
     stripped: u64,
+    /// Events whose data is neither JSON nor `[DONE]`.
+    malformed: u64,
 }
 
 /// The event being read.
@@ -132,6 +135,13 @@ impl SseScanner {
     /// Usage-only chunks dropped so far.
     pub fn stripped(&self) -> u64 {
         self.stripped
+    }
+
+    /// Events so far whose `data:` is neither valid JSON nor `[DONE]`
+    /// (events with no or empty data, such as keep-alive comments, are not
+    /// counted).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
     }
 
     /// Observe mode: reads a chunk that the caller forwards itself.
@@ -247,9 +257,15 @@ impl SseScanner {
             return true;
         }
         if !usage::mentions_usage(data) {
+            if !data.is_empty() && !usage::is_json(data) {
+                self.malformed += 1;
+            }
             return true;
         }
         let Some(info) = usage::parse(data) else {
+            if !usage::is_json(data) {
+                self.malformed += 1;
+            }
             return true;
         };
         if let Some(found) = info.usage {

@@ -148,7 +148,40 @@ fn oversized_event_is_forwarded_unread() {
     assert!(scanner.saw_done());
 }
 
+#[test]
+fn events_whose_data_is_not_json_are_counted_and_still_forwarded() {
+    let good = chat_stream("\n", true);
+    assert_eq!(observe_all(&[&good]).malformed(), 0);
+    assert_eq!(observe_all(&[&responses_stream()]).malformed(), 0);
+    let bad: &[u8] = b"data: {\"id\":\"x\",\"choices\":[{\n\ndata: this is not json\n\n: comment\n\ndata:\n\ndata: {\"usage\": 5\n\n";
+    assert_eq!(observe_all(&[bad]).malformed(), 3);
+    let (out, scanner) = strip_all(&[bad]);
+    assert_eq!(out, bad, "malformed events are relayed as they are");
+    assert_eq!(scanner.malformed(), 3);
+}
+
 proptest! {
+    #[test]
+    fn any_bytes_never_panic_and_strip_only_the_usage_chunk(
+        pieces in proptest::collection::vec(prop::sample::select(vec![
+            "data: ", "data:", "event: x", ": c", "\n", "\r\n", "\r", "{", "}", "[", "]",
+            "\"usage\":", "{\"prompt_tokens\":3,\"completion_tokens\":4}", "\"choices\":",
+            ",", "null", "[DONE]", "x", "\u{e9}", "\u{0}",
+        ]), 0..60),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let stream = pieces.concat().into_bytes();
+        // Arbitrary input: no panic, the same verdicts whatever the split,
+        // and nothing is lost when there is no usage-only chunk to drop.
+        let (whole, whole_scanner) = strip_all(&[&stream]);
+        let (split, split_scanner) = strip_all(&split_at(&stream, cuts));
+        prop_assert_eq!(&split, &whole);
+        prop_assert_eq!(split_scanner.malformed(), whole_scanner.malformed());
+        if whole_scanner.stripped() == 0 {
+            prop_assert_eq!(&whole, &stream);
+        }
+    }
+
     #[test]
     fn any_split_strips_the_same(cuts in proptest::collection::vec(any::<usize>(), 0..12), crlf in any::<bool>()) {
         let sep = if crlf { "\r\n" } else { "\n" };

@@ -78,6 +78,11 @@ pub fn parse(document: &[u8]) -> Option<UsageInfo> {
     })
 }
 
+/// Whether `document` is one valid JSON value (read without building it).
+pub fn is_json(document: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(document).is_ok()
+}
+
 /// Cheap pre-filter: does the document have a `"usage"` key whose value is
 /// not `null`? False positives only cost a parse; there are no false
 /// negatives for valid JSON.

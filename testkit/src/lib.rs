@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer};
-pub use process::{ControlPlane, ControlPlaneOptions, Proxy};
+pub use process::{ControlPlane, ControlPlaneOptions, Proxy, ProxyOptions};
 
 use llmlb_proto::v1 as pb;
 use tonic::transport::Channel;
@@ -186,4 +186,46 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Waits until the proxy at `proxy_url` lists `model` in `/v1/models` (it
+/// received a routing table with the model ONLINE); `api_key` is sent when
+/// given.
+pub async fn wait_model_listed(proxy_url: &str, model: &str, api_key: Option<&str>) {
+    let url = format!("{proxy_url}/v1/models");
+    eventually(Duration::from_secs(20), "proxy routing table", || {
+        let url = url.clone();
+        async move {
+            let mut request = http().get(&url);
+            if let Some(key) = api_key {
+                request = request.bearer_auth(key);
+            }
+            let v: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+            v["data"]
+                .as_array()?
+                .iter()
+                .any(|m| m["id"] == model)
+                .then_some(())
+        }
+    })
+    .await
+}
+
+/// The value of an unlabelled sample `name` (e.g.
+/// `llmlb_proxy_stats_dropped_total`) in the proxy's `/metrics`.
+pub async fn proxy_metric(proxy_url: &str, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{proxy_url}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            let (sample, value) = line.split_once(' ')?;
+            (sample == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
 }

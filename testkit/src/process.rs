@@ -1,7 +1,9 @@
 //! The real binaries as child processes.
 //!
 //! Each child runs in its own process group; dropping the handle kills the
-//! group with SIGKILL, so a failed test leaves nothing running.
+//! group with SIGKILL, so a failed test leaves nothing running. Its stderr
+//! (the logs) goes to the test's stderr, or to a file when asked (to check
+//! what the binaries log).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -40,17 +42,28 @@ impl Group {
         name: &'static str,
         args: &[String],
         env: &[(String, String)],
+        stderr: Option<&Path>,
     ) -> (Group, mpsc::Receiver<String>) {
+        let stderr = match stderr {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display())),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(bin_path(name));
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !env.iter().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "warn");
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
@@ -130,6 +143,11 @@ pub struct ControlPlaneOptions {
     pub http: SocketAddr,
     /// Extra flags.
     pub args: Vec<String>,
+    /// Extra environment variables (e.g. `RUST_LOG`, default `warn`).
+    pub env: Vec<(String, String)>,
+    /// File that receives stderr (appended to; restarts add to it), instead
+    /// of the test's stderr.
+    pub stderr: Option<PathBuf>,
 }
 
 impl ControlPlaneOptions {
@@ -145,6 +163,8 @@ impl ControlPlaneOptions {
                 "--health-check-timeout".into(),
                 "1s".into(),
             ],
+            env: Vec::new(),
+            stderr: None,
         }
     }
 }
@@ -169,7 +189,12 @@ impl ControlPlane {
             options.http.to_string(),
         ];
         args.extend(options.args.iter().cloned());
-        let (group, rx) = Group::spawn("llmlb-control", &args, &[]);
+        let (group, rx) = Group::spawn(
+            "llmlb-control",
+            &args,
+            &options.env,
+            options.stderr.as_deref(),
+        );
         let pairs = wait_ready(&rx, "llmlb-control listening");
         let mut options = options;
         options.grpc = addr_of(&pairs, "grpc");
@@ -205,6 +230,17 @@ impl ControlPlane {
     }
 }
 
+/// How to start a proxy beyond its control plane URL.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyOptions {
+    /// Extra flags.
+    pub args: Vec<String>,
+    /// Extra environment variables (e.g. `RUST_LOG`, default `warn`).
+    pub env: Vec<(String, String)>,
+    /// File that receives stderr instead of the test's stderr.
+    pub stderr: Option<PathBuf>,
+}
+
 /// A running `llmlb-proxy`.
 #[derive(Debug)]
 pub struct Proxy {
@@ -216,14 +252,26 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy against `control_plane` (gRPC URL) with extra flags.
     pub fn start(control_plane: &str, args: &[&str]) -> Proxy {
+        Proxy::start_with(
+            control_plane,
+            ProxyOptions {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..ProxyOptions::default()
+            },
+        )
+    }
+
+    /// Starts a proxy against `control_plane` with `options`.
+    pub fn start_with(control_plane: &str, options: ProxyOptions) -> Proxy {
         let mut all = vec![
             "--listen".to_string(),
             "127.0.0.1:0".into(),
             "--control-plane".into(),
             control_plane.to_string(),
         ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let (group, rx) = Group::spawn("llmlb-proxy", &all, &[]);
+        all.extend(options.args);
+        let (group, rx) =
+            Group::spawn("llmlb-proxy", &all, &options.env, options.stderr.as_deref());
         let pairs = wait_ready(&rx, "llmlb-proxy listening");
         Proxy {
             group,

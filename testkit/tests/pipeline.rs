@@ -290,7 +290,7 @@ async fn a_dead_backend_is_failed_over_and_goes_offline() {
     let e = endpoint_stats(&o, &dead.id);
     assert_eq!(
         e.latency_ms.map(|l| l.to_bits()),
-        Some(latency).map(f64::to_bits),
+        Some(f64::to_bits(latency)),
         "latency kept"
     );
     // Every attempt on the dead backend after it died is a failure.

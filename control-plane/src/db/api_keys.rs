@@ -36,6 +36,14 @@ pub async fn insert(pool: &SqlitePool, k: &ApiKeyRow) -> Result<(), sqlx::Error>
     Ok(())
 }
 
+/// Whether any key was ever created (revoked keys included).
+pub async fn any(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
+    let (any,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM api_keys)")
+        .fetch_one(pool)
+        .await?;
+    Ok(any)
+}
+
 /// Keys that are not revoked, oldest first.
 pub async fn list_active(pool: &SqlitePool) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
     let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(

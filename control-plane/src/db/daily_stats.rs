@@ -2,7 +2,7 @@
 //! kind totals. Boot falls back to today's totals for TPS when no exact EMA
 //! state was persisted.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::types::ModelKey;
@@ -36,6 +36,9 @@ impl DailyTotals {
     }
 }
 
+/// Rows per statement of [`add_many`] (10 variables each).
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// Adds `d` to the row of `date` and `key`.
 pub async fn add(
     conn: &mut SqliteConnection,
@@ -43,30 +46,44 @@ pub async fn add(
     key: &ModelKey,
     d: &DailyTotals,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO endpoint_daily_stats (date, endpoint_id, model, api_kind, total_requests, \
-         successful_requests, failed_requests, total_input_tokens, total_output_tokens, total_duration_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (date, endpoint_id, model, api_kind) DO UPDATE SET \
-         total_requests = total_requests + excluded.total_requests, \
-         successful_requests = successful_requests + excluded.successful_requests, \
-         failed_requests = failed_requests + excluded.failed_requests, \
-         total_input_tokens = total_input_tokens + excluded.total_input_tokens, \
-         total_output_tokens = total_output_tokens + excluded.total_output_tokens, \
-         total_duration_ms = total_duration_ms + excluded.total_duration_ms",
-    )
-    .bind(date)
-    .bind(key.endpoint_id.to_string())
-    .bind(&key.model)
-    .bind(key.api_kind)
-    .bind(d.total_requests as i64)
-    .bind(d.successful_requests as i64)
-    .bind(d.failed_requests as i64)
-    .bind(d.input_tokens as i64)
-    .bind(d.output_tokens as i64)
-    .bind(d.duration_ms)
-    .execute(conn)
-    .await?;
+    add_many(conn, &[(date, key, d)]).await
+}
+
+/// Adds each `(date, key, totals)` to its row (the keys must be distinct),
+/// [`ROWS_PER_STATEMENT`] rows per statement: a commit touching thousands of
+/// keys costs a few round trips to the SQLite thread instead of one per key.
+pub async fn add_many(
+    conn: &mut SqliteConnection,
+    rows: &[(&str, &ModelKey, &DailyTotals)],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO endpoint_daily_stats (date, endpoint_id, model, api_kind, total_requests, \
+             successful_requests, failed_requests, total_input_tokens, total_output_tokens, total_duration_ms) ",
+        );
+        q.push_values(chunk, |mut b, (date, key, d)| {
+            b.push_bind(*date)
+                .push_bind(key.endpoint_id.to_string())
+                .push_bind(key.model.as_str())
+                .push_bind(key.api_kind)
+                .push_bind(d.total_requests as i64)
+                .push_bind(d.successful_requests as i64)
+                .push_bind(d.failed_requests as i64)
+                .push_bind(d.input_tokens as i64)
+                .push_bind(d.output_tokens as i64)
+                .push_bind(d.duration_ms);
+        });
+        q.push(
+            " ON CONFLICT (date, endpoint_id, model, api_kind) DO UPDATE SET \
+             total_requests = total_requests + excluded.total_requests, \
+             successful_requests = successful_requests + excluded.successful_requests, \
+             failed_requests = failed_requests + excluded.failed_requests, \
+             total_input_tokens = total_input_tokens + excluded.total_input_tokens, \
+             total_output_tokens = total_output_tokens + excluded.total_output_tokens, \
+             total_duration_ms = total_duration_ms + excluded.total_duration_ms",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -109,6 +126,41 @@ pub async fn for_date(
 mod tests {
     use super::*;
     use crate::db::test_db;
+
+    #[tokio::test]
+    async fn many_keys_add_up_in_one_call() {
+        let (db, _dir) = test_db().await;
+        let keys: Vec<ModelKey> = (0..1200)
+            .map(|i| ModelKey {
+                endpoint_id: Uuid::new_v4(),
+                model: format!("m{i}"),
+                api_kind: 1 + i % 4,
+            })
+            .collect();
+        let d = DailyTotals {
+            total_requests: 3,
+            successful_requests: 2,
+            failed_requests: 1,
+            input_tokens: 7,
+            output_tokens: 11,
+            duration_ms: 13.5,
+        };
+        let rows: Vec<(&str, &ModelKey, &DailyTotals)> =
+            keys.iter().map(|k| ("2026-11-28", k, &d)).collect();
+        let mut conn = db.write.acquire().await.unwrap();
+        add_many(&mut conn, &rows).await.unwrap();
+        add_many(&mut conn, &rows[..10]).await.unwrap();
+        drop(conn);
+        let mut got = for_date(&db.read, "2026-11-28").await.unwrap();
+        assert_eq!(got.len(), 1200);
+        got.sort_by_key(|(k, _)| k.model[1..].parse::<usize>().unwrap());
+        let mut twice = d;
+        twice.add(&d);
+        for (i, (key, totals)) in got.iter().enumerate() {
+            assert_eq!(key, &keys[i]);
+            assert_eq!(totals, if i < 10 { &twice } else { &d });
+        }
+    }
 
     /// Seed T017: today's row comes back with the inserted values; other
     /// days do not.

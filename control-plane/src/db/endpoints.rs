@@ -1,6 +1,6 @@
 //! The `endpoints` table: registry rows, health, lifetime counters.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::types::{Status, UnixMs};
@@ -220,26 +220,44 @@ pub async fn record_probe(
     Ok(done.rows_affected() == 1)
 }
 
+/// Rows per statement of [`add_counters_many`] (6 variables each).
+const COUNTER_ROWS_PER_STATEMENT: usize = 500;
+
 /// Adds request counter deltas to an endpoint, inside the writer's transaction.
 pub async fn add_counters(
     conn: &mut SqliteConnection,
     id: Uuid,
     d: &Counters,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE endpoints SET total_requests = total_requests + ?, \
-         successful_requests = successful_requests + ?, failed_requests = failed_requests + ?, \
-         total_input_tokens = total_input_tokens + ?, total_output_tokens = total_output_tokens + ? \
-         WHERE id = ?",
-    )
-    .bind(d.total_requests as i64)
-    .bind(d.successful_requests as i64)
-    .bind(d.failed_requests as i64)
-    .bind(d.input_tokens as i64)
-    .bind(d.output_tokens as i64)
-    .bind(id.to_string())
-    .execute(conn)
-    .await?;
+    add_counters_many(conn, &[(id, d)]).await
+}
+
+/// Adds counter deltas to several endpoints (the ids must be distinct),
+/// [`COUNTER_ROWS_PER_STATEMENT`] endpoints per `UPDATE … FROM (VALUES …)`
+/// statement; ids that are not stored are skipped.
+pub async fn add_counters_many(
+    conn: &mut SqliteConnection,
+    rows: &[(Uuid, &Counters)],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(COUNTER_ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE endpoints SET total_requests = total_requests + d.column2, \
+             successful_requests = successful_requests + d.column3, \
+             failed_requests = failed_requests + d.column4, \
+             total_input_tokens = total_input_tokens + d.column5, \
+             total_output_tokens = total_output_tokens + d.column6 FROM (",
+        );
+        q.push_values(chunk, |mut b, (id, d)| {
+            b.push_bind(id.to_string())
+                .push_bind(d.total_requests as i64)
+                .push_bind(d.successful_requests as i64)
+                .push_bind(d.failed_requests as i64)
+                .push_bind(d.input_tokens as i64)
+                .push_bind(d.output_tokens as i64);
+        });
+        q.push(") AS d WHERE endpoints.id = d.column1");
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -330,6 +348,41 @@ mod tests {
         want.counters.add(&d);
         want.counters.add(&d);
         assert_eq!(row, want);
+    }
+
+    #[tokio::test]
+    async fn counters_of_many_endpoints_add_up_in_one_call() {
+        let (db, _dir) = test_db().await;
+        let endpoints: Vec<EndpointRow> = (0..700).map(|i| sample(&format!("e{i}"))).collect();
+        for e in &endpoints {
+            insert(&db.write, e).await.unwrap();
+        }
+        let d = |i: u64| Counters {
+            total_requests: i + 2,
+            successful_requests: i + 1,
+            failed_requests: 1,
+            input_tokens: 3 * i,
+            output_tokens: 5 * i,
+        };
+        let deltas: Vec<Counters> = (0..700).map(d).collect();
+        // More than one statement's worth, plus an id that is not stored.
+        let mut rows: Vec<(Uuid, &Counters)> =
+            endpoints.iter().map(|e| e.id).zip(&deltas).collect();
+        rows.push((Uuid::new_v4(), &deltas[0]));
+        let mut conn = db.write.acquire().await.unwrap();
+        add_counters_many(&mut conn, &rows).await.unwrap();
+        add_counters_many(&mut conn, &rows[..1]).await.unwrap();
+        drop(conn);
+        let stored = load_all(&db.read).await.unwrap();
+        assert_eq!(stored.len(), 700);
+        for row in stored {
+            let i: u64 = row.name[1..].parse().unwrap();
+            let mut want = d(i);
+            if i == 0 {
+                want.add(&d(0));
+            }
+            assert_eq!(row.counters, want, "endpoint {}", row.name);
+        }
     }
 
     #[tokio::test]

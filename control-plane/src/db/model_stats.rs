@@ -1,7 +1,7 @@
 //! The `model_stats` table: exact TPS state (EMA) and totals per endpoint ×
 //! model × API kind, restored as is at boot.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::types::{ModelKey, UnixMs};
@@ -17,6 +17,9 @@ pub struct ModelState {
     pub tps_ema: Option<f64>,
 }
 
+/// Rows per statement of [`put_many`] (7 variables each).
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// Writes the full state of `key` (absolute values, not deltas).
 pub async fn put(
     conn: &mut SqliteConnection,
@@ -24,22 +27,37 @@ pub async fn put(
     s: &ModelState,
     now: UnixMs,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO model_stats (endpoint_id, model, api_kind, request_count, total_output_tokens, \
-         tps_ema, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (endpoint_id, model, api_kind) DO UPDATE SET \
-         request_count = excluded.request_count, total_output_tokens = excluded.total_output_tokens, \
-         tps_ema = excluded.tps_ema, updated_at = excluded.updated_at",
-    )
-    .bind(key.endpoint_id.to_string())
-    .bind(&key.model)
-    .bind(key.api_kind)
-    .bind(s.request_count as i64)
-    .bind(s.total_output_tokens as i64)
-    .bind(s.tps_ema)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    put_many(conn, &[(key, s)], now).await
+}
+
+/// Writes the full state of each key (the keys must be distinct),
+/// [`ROWS_PER_STATEMENT`] rows per statement.
+pub async fn put_many(
+    conn: &mut SqliteConnection,
+    rows: &[(&ModelKey, &ModelState)],
+    now: UnixMs,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO model_stats (endpoint_id, model, api_kind, request_count, \
+             total_output_tokens, tps_ema, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, (key, s)| {
+            b.push_bind(key.endpoint_id.to_string())
+                .push_bind(key.model.as_str())
+                .push_bind(key.api_kind)
+                .push_bind(s.request_count as i64)
+                .push_bind(s.total_output_tokens as i64)
+                .push_bind(s.tps_ema)
+                .push_bind(now);
+        });
+        q.push(
+            " ON CONFLICT (endpoint_id, model, api_kind) DO UPDATE SET \
+             request_count = excluded.request_count, total_output_tokens = excluded.total_output_tokens, \
+             tps_ema = excluded.tps_ema, updated_at = excluded.updated_at",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -44,12 +44,46 @@ const ROWS_PER_STATEMENT: usize = 500;
 
 /// Inserts the rows that are not stored yet and returns, for each input row,
 /// whether it was new. Rows whose `request_id` exists are left untouched.
+///
+/// The stored ids are looked up first (`SELECT … WHERE request_id IN (…)`,
+/// usually answering nothing) and only the new rows are inserted. Inside the
+/// writer's transaction, on the only writer connection, nothing can slip in
+/// between. (`INSERT … RETURNING` would tell the same, but sqlx hands every
+/// returned row from its SQLite thread to the task one message at a time,
+/// which cost more than the insert itself.)
 pub async fn insert_new(
     conn: &mut SqliteConnection,
     rows: &[HistoryRow],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    let mut stored = std::collections::HashSet::new();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT request_id FROM request_history WHERE request_id IN (");
+        let mut ids = q.separated(", ");
+        for r in chunk {
+            ids.push_bind(r.request_id.as_bytes().to_vec());
+        }
+        q.push(")");
+        let found: Vec<(Vec<u8>,)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        stored.extend(
+            found
+                .into_iter()
+                .filter_map(|(b,)| Uuid::from_slice(&b).ok()),
+        );
+    }
+    // A request id repeated inside one batch is new only the first time.
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let new: Vec<bool> = rows
+        .iter()
+        .map(|r| !stored.contains(&r.request_id) && seen.insert(r.request_id))
+        .collect();
+    let fresh: Vec<&HistoryRow> = rows
+        .iter()
+        .zip(&new)
+        .filter(|(_, n)| **n)
+        .map(|(r, _)| r)
+        .collect();
+    for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO request_history (request_id, proxy_id, endpoint_id, model, api_kind, \
              status_code, success, duration_ms, ttft_ms, input_tokens, output_tokens, completed_at, \
@@ -71,16 +105,9 @@ pub async fn insert_new(
                 .push_bind(&r.error)
                 .push_bind(&r.api_key_id);
         });
-        q.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-        let ids: Vec<(Vec<u8>,)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        inserted.extend(ids.into_iter().filter_map(|(b,)| Uuid::from_slice(&b).ok()));
+        q.build().execute(&mut *conn).await?;
     }
-    // A request id repeated inside one batch is new only the first time.
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    Ok(rows
-        .iter()
-        .map(|r| inserted.contains(&r.request_id) && seen.insert(r.request_id))
-        .collect())
+    Ok(new)
 }
 
 /// Deletes up to `limit` rows completed before `cutoff`; returns how many.

@@ -54,6 +54,7 @@ impl RoutingApi {
             version,
             endpoints,
             api_keys,
+            require_api_key: self.keys.required(),
             generated_at: Some(timestamp(now_ms())),
         }
     }

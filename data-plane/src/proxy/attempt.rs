@@ -102,6 +102,12 @@ impl Attempt {
         }
     }
 
+    /// The upstream's status, once it answered (and until the record is
+    /// emitted).
+    pub fn status(&self) -> Option<u16> {
+        self.state.as_ref().and_then(|s| s.status)
+    }
+
     /// The first body byte is being relayed now.
     pub fn first_byte(&mut self) {
         if let Some(state) = &mut self.state {

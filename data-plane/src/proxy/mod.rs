@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -40,8 +41,8 @@ use crate::loads::Loads;
 use crate::metrics::{self, InflightRequest, Metrics};
 use crate::routing::{RouteError, Routes};
 
-/// The pooled upstream HTTP client type.
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+/// The pooled upstream client type: HTTP, or HTTPS with the web PKI roots.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -84,6 +85,22 @@ impl std::ops::Deref for App {
     }
 }
 
+/// Wraps `connector` for `https://` upstreams (rustls with ring and the web
+/// PKI roots; ALPN offers HTTP/1.1 only, like the plain connector).
+fn https_connector(connector: HttpConnector) -> HttpsConnector<HttpConnector> {
+    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    let builder =
+        match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider) {
+            Ok(builder) => builder,
+            // ring's default provider supports the safe default versions.
+            Err(error) => unreachable!("ring TLS provider: {error}"),
+        };
+    builder
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector)
+}
+
 impl App {
     /// Builds the request path and its upstream client.
     pub fn new(
@@ -98,9 +115,10 @@ impl App {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_keepalive(Some(TCP_KEEPALIVE));
+        connector.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+            .build(https_connector(connector));
         Self {
             inner: Arc::new(Inner {
                 routes,
@@ -215,10 +233,13 @@ impl App {
         let (parts, body) = request.into_parts();
         let body = request::read_body(body, &parts.headers, self.max_body_size).await?;
         let parsed = request::parse(body, kind)?;
-        Span::current().record("model", parsed.model.as_str());
+        // A client may send any string as the model: logs and error
+        // messages show at most its first characters.
+        let shown = crate::error::clip(&parsed.model);
+        Span::current().record("model", shown.as_str());
         let candidates = table.route(&parsed.model).map_err(|e| match e {
-            RouteError::UnknownModel => ProxyError::ModelNotFound(parsed.model.clone()),
-            RouteError::NoOnlineEndpoint => ProxyError::NoOnlineEndpoint(parsed.model.clone()),
+            RouteError::UnknownModel => ProxyError::ModelNotFound(shown),
+            RouteError::NoOnlineEndpoint => ProxyError::NoOnlineEndpoint(shown),
         })?;
         drop(table);
         let info = Arc::new(RequestInfo {

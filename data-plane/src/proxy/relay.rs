@@ -9,7 +9,9 @@
 //!   up to [`JSON_COPY_LIMIT`]) to read `usage` at the end.
 //! - Anything else is forwarded untouched.
 //!
-//! The attempt ends when the upstream body ends (success if 2xx), fails, or
+//! The attempt ends when the upstream body ends (success if 2xx and the body
+//! is well formed: a JSON body that parses, an event stream whose events
+//! carry JSON data or `[DONE]`; the bytes are relayed either way), fails, or
 //! stays silent longer than the idle timeout; if the client goes away first,
 //! hyper drops the body, which drops the upstream response (closing that
 //! connection) and the attempt (recorded as a failure).
@@ -92,10 +94,30 @@ impl Mode {
 
     /// Usage read from the body (call after [`finish`](Self::finish)).
     fn usage(&self) -> Option<Usage> {
+        self.outcome().0
+    }
+
+    /// Usage read from the body, and why the body is malformed if it is: an
+    /// event stream with an event whose data is not JSON, or a JSON body
+    /// that does not parse (call after [`finish`](Self::finish)).
+    fn outcome(&self) -> (Option<Usage>, Option<String>) {
         match self {
-            Self::Sse(scanner) => scanner.usage(),
-            Self::Json(copy) => copy.usage(),
-            Self::Opaque => None,
+            Self::Sse(scanner) => {
+                let malformed = (scanner.malformed() > 0).then(|| {
+                    format!(
+                        "upstream sent {} event(s) whose data is not JSON",
+                        scanner.malformed()
+                    )
+                });
+                (scanner.usage(), malformed)
+            }
+            Self::Json(copy) => {
+                let (usage, valid) = copy.inspect();
+                let malformed =
+                    (!valid).then(|| "upstream sent a body that is not valid JSON".to_owned());
+                (usage, malformed)
+            }
+            Self::Opaque => (None, None),
         }
     }
 }
@@ -122,19 +144,26 @@ impl JsonCopy {
         self.chunks.push(data.clone());
     }
 
-    fn usage(&self) -> Option<Usage> {
+    /// The usage of the document, and whether it is valid JSON (a body too
+    /// large to keep is taken as valid).
+    fn inspect(&self) -> (Option<Usage>, bool) {
         if self.overflowed {
-            return None;
+            return (None, true);
         }
-        let info = match self.chunks.as_slice() {
-            [one] => usage::parse(one),
+        let whole;
+        let document: &[u8] = match self.chunks.as_slice() {
+            [one] => one,
             chunks => {
-                let mut whole = BytesMut::with_capacity(self.len);
-                chunks.iter().for_each(|c| whole.extend_from_slice(c));
-                usage::parse(&whole)
+                let mut joined = BytesMut::with_capacity(self.len);
+                chunks.iter().for_each(|c| joined.extend_from_slice(c));
+                whole = joined;
+                &whole
             }
         };
-        info.and_then(|i| i.usage)
+        match usage::parse(document) {
+            Some(info) => (info.usage, true),
+            None => (None, usage::is_json(document)),
+        }
     }
 }
 
@@ -195,10 +224,21 @@ impl RelayBody {
         if !out.is_empty() {
             self.attempt.first_byte();
         }
-        if let Some(usage) = self.mode.usage() {
+        let (usage, malformed) = self.mode.outcome();
+        if let Some(usage) = usage {
             self.attempt.set_usage(usage);
         }
-        self.attempt.complete();
+        // The bytes are relayed as they came (the status line is long gone),
+        // but a malformed 2xx body is not a successful attempt. (A non-2xx
+        // answer is a failure anyway, recorded with its status.)
+        let ok_status = self
+            .attempt
+            .status()
+            .is_some_and(|s| (200..300).contains(&s));
+        match malformed {
+            Some(error) if ok_status => self.attempt.fail(error),
+            _ => self.attempt.complete(),
+        }
         out
     }
 

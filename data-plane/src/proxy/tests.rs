@@ -52,6 +52,7 @@ fn install(app: &App, api_keys: Vec<RouteApiKey>) {
         ],
         api_keys,
         generated_at: None,
+        require_api_key: false,
     };
     app.routes.install(Table::new(proto, &app.loads));
 }

@@ -261,6 +261,7 @@ pub fn table(version: u64, endpoints: Vec<RouteEndpoint>) -> RoutingTable {
         endpoints,
         api_keys: vec![],
         generated_at: None,
+        require_api_key: false,
     }
 }
 
