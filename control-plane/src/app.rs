@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use llmlb_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_keys::ApiKeys;
@@ -264,7 +266,11 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             http_shutdown,
         )),
         None => tokio::spawn(async move {
-            let serve = axum::serve(http_listener, router)
+            // Small replies must not wait for delayed ACKs (Nagle).
+            let listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(error) = serve.await {
                 tracing::error!(%error, "http server failed");
@@ -358,7 +364,14 @@ async fn grpc_server(
         ))
         .add_service(StatsServiceServer::with_interceptor(s.stats_service, proxy))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Our own listener: tonic's `tcp_nodelay` does not reach these
+            // sockets, and without it small replies wait for delayed ACKs.
+            TcpListenerStream::new(listener).map(|tcp| {
+                if let Ok(tcp) = &tcp {
+                    let _ = tcp.set_nodelay(true);
+                }
+                tcp
+            }),
             shutdown.clone().cancelled_owned(),
         );
     // A graceful HTTP/2 shutdown waits for every client to close its

@@ -100,7 +100,10 @@ pub async fn serve_https(
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    (tcp, peer)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     continue;
