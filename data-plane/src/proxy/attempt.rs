@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use llmlb_proto::v1::{ApiKind, RequestRecord};
-use tracing::{debug, info_span, warn, Span};
+use tracing::{debug, debug_span, warn, Span};
 use uuid::Uuid;
 
 use crate::loads::InflightGuard;
@@ -74,7 +74,9 @@ impl Attempt {
         reporter: Reporter,
     ) -> Self {
         let request_id = Uuid::now_v7();
-        let span = info_span!("attempt", endpoint_id = %endpoint.id, request_id = %request_id);
+        // Per-request spans are debug-level: building an info span on every
+        // request cost ~10% of the proxy CPU at saturation (docs/benchmarks.md).
+        let span = debug_span!("attempt", endpoint_id = %endpoint.id, request_id = %request_id);
         Self {
             state: Some(State {
                 request_id,

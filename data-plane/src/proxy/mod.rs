@@ -29,7 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use tracing::{debug, field, info_span, Instrument, Span};
+use tracing::{debug, debug_span, field, Instrument, Span};
 
 use self::attempt::{Reporter, RequestInfo};
 use self::body::{BoxError, ProxyBody};
@@ -146,7 +146,8 @@ impl App {
     {
         let received = Instant::now();
         let inflight = self.metrics().inflight_request();
-        let span = info_span!("request", method = %request.method(), path = request.uri().path(), model = field::Empty);
+        // Debug-level: see `Attempt::start`.
+        let span = debug_span!("request", method = %request.method(), path = request.uri().path(), model = field::Empty);
         let answer = self
             .route(request, received, inflight)
             .instrument(span.clone())
