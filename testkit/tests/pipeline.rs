@@ -160,6 +160,28 @@ async fn requests_through_two_proxies_are_counted_exactly_once() {
         Some(pb::AverageResponseTimeSource::Requests as i32)
     );
 
+    // Prometheus says the same on the control plane.
+    let metrics = http()
+        .get(format!("{}/metrics", s.cp.http_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!("llmlb_control_stats_records_ingested_total {n}"),
+        "llmlb_control_connected_proxies 2".to_string(),
+        "llmlb_control_endpoints{status=\"online\"} 2".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("llmlb_control_restore_duration_seconds "));
+    assert!(metrics.contains("llmlb_control_health_probe_duration_seconds_count "));
+
     // One more request is visible within a second of completing.
     let (status, _) = chat(&client, &s.proxies[0].url(), false).await;
     assert_eq!(status, 200);
