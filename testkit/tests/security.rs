@@ -193,10 +193,9 @@ async fn secrets_never_appear_in_replies() {
     assert_eq!(listed["apiKeys"], serde_json::json!([]));
 }
 
-/// TLS on both listeners with a self-signed certificate.
-#[tokio::test]
-async fn tls_protects_both_listeners() {
-    let dir = tempfile::tempdir().unwrap();
+/// A control plane with TLS on both listeners (self-signed for
+/// `localhost`); returns it, the certificate PEM and its path.
+fn tls_control_plane(dir: &tempfile::TempDir) -> (ControlPlane, String, std::path::PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let cert_pem = cert.cert.pem();
     let cert_path = dir.path().join("cert.pem");
@@ -210,7 +209,14 @@ async fn tls_protects_both_listeners() {
         "--tls-key".into(),
         key_path.display().to_string(),
     ]);
-    let cp = ControlPlane::start(options);
+    (ControlPlane::start(options), cert_pem, cert_path)
+}
+
+/// TLS on both listeners with a self-signed certificate.
+#[tokio::test]
+async fn tls_protects_both_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, cert_pem, _cert_path) = tls_control_plane(&dir);
 
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
@@ -452,20 +458,7 @@ async fn client_api_keys_guard_every_proxy_and_revocation_reaches_them_within_a_
 #[tokio::test]
 async fn a_proxy_reaches_an_https_control_plane_with_its_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert_pem = cert.cert.pem();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, &cert_pem).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut options = ControlPlaneOptions::new(dir.path().join("llmlb.db"));
-    options.args.extend([
-        "--tls-cert".into(),
-        cert_path.display().to_string(),
-        "--tls-key".into(),
-        key_path.display().to_string(),
-    ]);
-    let cp = ControlPlane::start(options);
+    let (cp, cert_pem, cert_path) = tls_control_plane(&dir);
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .build()
