@@ -229,3 +229,15 @@ pub async fn proxy_metric(proxy_url: &str, name: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{text}"))
 }
+
+/// GET `url` and parse the JSON reply (panics on any failure: for tests).
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON reply")
+}

@@ -721,14 +721,7 @@ async fn the_rest_gateway_refuses_bad_input_with_gateway_errors() {
     assert_eq!(listed.endpoints.len(), 1);
     assert_eq!(listed.endpoints[0].name, "taken");
     assert_eq!(listed.endpoints[0].base_url, "http://127.0.0.1:9");
-    let keys: Value = http()
-        .get(format!("{}/api/api-keys", cp.http_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = get_json(format!("{}/api/api-keys", cp.http_url())).await;
     assert_eq!(keys["apiKeys"], json!([]));
 }
 

@@ -307,14 +307,8 @@ async fn grpc_and_rest_serve_the_same_figures() {
     )
     .await;
     let grpc = overview(&cp.grpc_url()).await;
-    let rest: serde_json::Value = http()
-        .get(format!("{}/api/dashboard/overview", cp.http_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest: serde_json::Value =
+        get_json(format!("{}/api/dashboard/overview", cp.http_url())).await;
     let s = grpc.stats.unwrap();
     let rs = &rest["stats"];
     assert_eq!(rs["totalRequests"], s.total_requests.to_string());

@@ -166,14 +166,7 @@ async fn secrets_never_appear_in_replies() {
         assert!(!text.contains("DO-NOT-LEAK"), "{path}");
         assert!(!text.contains(&secret), "{path}");
     }
-    let listed: serde_json::Value = http()
-        .get(format!("{}/api/api-keys", cp.http_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = get_json(format!("{}/api/api-keys", cp.http_url())).await;
     assert_eq!(listed["apiKeys"][0]["name"], "ci");
     let id = listed["apiKeys"][0]["id"].as_str().unwrap();
     let resp = http()
@@ -182,14 +175,7 @@ async fn secrets_never_appear_in_replies() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let listed: serde_json::Value = http()
-        .get(format!("{}/api/api-keys", cp.http_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = get_json(format!("{}/api/api-keys", cp.http_url())).await;
     assert_eq!(listed["apiKeys"], serde_json::json!([]));
 }
 
