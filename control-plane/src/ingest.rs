@@ -32,6 +32,9 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::types::{from_timestamp, minute_of, now_ms, utc_date, ModelKey};
 
+/// Milliseconds in a UTC day.
+const DAY_MS: i64 = 86_400_000;
+
 /// Most records committed in one transaction.
 const MAX_RECORDS_PER_COMMIT: usize = 20_000;
 
@@ -192,7 +195,9 @@ fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
 struct Deltas {
     counters: HashMap<Uuid, Counters>,
     minutes: HashMap<i64, MinuteTotals>,
-    daily: HashMap<(String, ModelKey), DailyTotals>,
+    /// Keyed by UTC day number (days since the epoch); the date string is
+    /// formatted once per day and key at write time, not per record.
+    daily: HashMap<(i64, ModelKey), DailyTotals>,
     models: HashMap<ModelKey, ModelState>,
     keys_used: HashMap<String, i64>,
 }
@@ -226,7 +231,7 @@ impl Deltas {
         };
         let eligible = sample.tps_eligible();
         self.daily
-            .entry((utc_date(row.completed_at), key.clone()))
+            .entry((row.completed_at.div_euclid(DAY_MS), key.clone()))
             .or_default()
             .add(&DailyTotals {
                 total_requests: 1,
@@ -236,13 +241,14 @@ impl Deltas {
                 output_tokens: if eligible { row.output_tokens } else { 0 },
                 duration_ms: if eligible { row.duration_ms } else { 0.0 },
             });
-        // TPS state only for endpoints that still exist (no ghost entries).
-        if registry.contains(&row.endpoint_id) {
-            let state = self
-                .models
-                .entry(key)
-                .or_insert_with_key(|k| load.model_state(k).unwrap_or_default());
+        // TPS state only for endpoints that still exist (no ghost entries);
+        // the registry is asked once per key and commit, not per record.
+        if let Some(state) = self.models.get_mut(&key) {
             observe(state, sample);
+        } else if registry.contains(&row.endpoint_id) {
+            let mut state = load.model_state(&key).unwrap_or_default();
+            observe(&mut state, sample);
+            self.models.insert(key, state);
         }
         if let Some(id) = &row.api_key_id {
             let at = self.keys_used.entry(id.clone()).or_insert(row.completed_at);
@@ -275,10 +281,15 @@ async fn commit(
     for (minute, m) in &deltas.minutes {
         request_minutes::add(&mut tx, *minute, m).await?;
     }
+    let dates: HashMap<i64, String> = deltas
+        .daily
+        .keys()
+        .map(|(day, _)| (*day, utc_date(day * DAY_MS)))
+        .collect();
     let daily: Vec<_> = deltas
         .daily
         .iter()
-        .map(|((date, key), d)| (date.as_str(), key, d))
+        .map(|((day, key), d)| (dates[day].as_str(), key, d))
         .collect();
     daily_stats::add_many(&mut tx, &daily).await?;
     let now = now_ms();
