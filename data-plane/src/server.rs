@@ -19,6 +19,13 @@ use crate::proxy::App;
 /// Longest wait for a client's request headers (HTTP/1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest HTTP/1 request head (request line and headers), bytes; a larger
+/// one is answered 431. It is also the most hyper buffers per read, which
+/// keeps each connection's read buffer at its initial 8 KiB instead of
+/// letting it grow past 16 KiB while a request is parsed
+/// (docs/benchmarks.md, memory per stream). hyper allows no less.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
 /// Pause after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -41,7 +48,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

@@ -47,6 +47,10 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Read buffer of an upstream connection, bytes: every read takes at most
+/// this much, and an upstream's response head must fit in it.
+const UPSTREAM_READ_BUF: usize = 4096;
+
 /// TCP keepalive on upstream connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
@@ -118,6 +122,7 @@ impl App {
         connector.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build(https_connector(connector));
         Self {
             inner: Arc::new(Inner {
