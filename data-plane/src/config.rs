@@ -77,6 +77,11 @@ pub struct Cli {
     #[arg(long, env = "LLMLB_UPSTREAM_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// Worker threads serving HTTP connections, each with its own event loop
+    /// and upstream connection pool [default: the number of CPUs].
+    #[arg(long, env = "LLMLB_WORKERS")]
+    pub workers: Option<usize>,
+
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "LLMLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -147,6 +152,8 @@ pub struct ServerConfig {
     pub require_api_key: bool,
     /// Drain time for in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    /// Worker threads (at least 1).
+    pub workers: usize,
 }
 
 /// Control plane connection.
@@ -225,12 +232,18 @@ impl TryFrom<Cli> for Config {
         if cli.upstream_timeout.is_zero() {
             return Err(ConfigError::Zero("--upstream-timeout"));
         }
+        let workers = match cli.workers {
+            Some(0) => return Err(ConfigError::Zero("--workers")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         Ok(Self {
             server: ServerConfig {
                 listen: cli.listen,
                 max_body_size: cli.max_body_size,
                 require_api_key: cli.require_api_key,
                 shutdown_grace: cli.shutdown_grace,
+                workers,
             },
             control: ControlConfig {
                 url: cli.control_plane,
@@ -316,6 +329,11 @@ mod tests {
         assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
         assert_eq!(config.stats.buffer, 100_000);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(
+            config.server.workers,
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+        assert_eq!(parse(&["--workers=3"]).unwrap().server.workers, 3);
     }
 
     #[test]
@@ -353,6 +371,7 @@ mod tests {
         assert!(parse(&["--control-plane=https://cp.example:50051"]).is_ok());
         assert!(parse(&["--control-plane-ca=/nonexistent.pem"]).is_err());
         assert!(parse(&["--stats-buffer=0"]).is_err());
+        assert!(parse(&["--workers=0"]).is_err());
         assert!(parse(&["--proxy-token=has space"]).is_err());
         assert!(Cli::try_parse_from(["llmlb-proxy", "--shutdown-grace=soon"]).is_err());
     }

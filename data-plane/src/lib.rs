@@ -3,8 +3,9 @@
 //! [`start`] binds the listener and spawns three named tasks that share one
 //! shutdown sequence ([`ProxyHandle::shutdown`]):
 //!
-//! - `proxy_listener` ([`server`]): HTTP/1.1 + h2c, the request path in
-//!   [`proxy`];
+//! - `proxy_listener` ([`server`]): accepts HTTP/1.1 + h2c connections and
+//!   hands them to `--workers` worker threads (one current-thread runtime
+//!   each), which run the request path in [`proxy`];
 //! - `routing_watcher` ([`routing`]): keeps the routing table pushed by the
 //!   control plane;
 //! - `stats_uploader` ([`stats::uploader`]): streams one record per upstream
@@ -130,22 +131,40 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         stats: stats.clone(),
         metrics: metrics.clone(),
     };
-    let app = App::new(
-        &config.server,
-        &config.upstream,
-        Arc::from(proxy_id.as_str()),
-        routes.clone(),
-        loads.clone(),
-        reporter,
-    );
+    // One App (with its own upstream connection pool) per worker thread;
+    // the routing table, loads, stats and metrics are shared.
+    let make_app = {
+        let (server, upstream) = (config.server.clone(), config.upstream.clone());
+        let (proxy_id, routes, loads) = (
+            Arc::<str>::from(proxy_id.as_str()),
+            routes.clone(),
+            loads.clone(),
+        );
+        move || {
+            App::new(
+                &server,
+                &upstream,
+                proxy_id.clone(),
+                routes.clone(),
+                loads.clone(),
+                reporter.clone(),
+            )
+        }
+    };
 
     info!(listen = %local_addr, proxy_id = %proxy_id, control_plane = %config.control.url, "llmlb-proxy starting");
     let stop_listener = CancellationToken::new();
     let stop_background = CancellationToken::new();
     let grace = config.server.shutdown_grace;
     let listener = tokio::spawn(
-        server::serve(listener, app, stop_listener.clone(), grace)
-            .instrument(info_span!("proxy_listener")),
+        server::serve(
+            listener,
+            config.server.workers,
+            make_app,
+            stop_listener.clone(),
+            grace,
+        )
+        .instrument(info_span!("proxy_listener")),
     );
     let routing = tokio::spawn(
         routing::watch(

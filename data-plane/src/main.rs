@@ -10,7 +10,9 @@ use tracing_subscriber::EnvFilter;
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
-#[tokio::main]
+// The main thread runs the listener, the routing watcher and the stats
+// uploader; requests are served by the worker threads (see `server`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = Config::from_args();
     let format = config.as_ref().map_or(LogFormat::Text, |c| c.log_format);

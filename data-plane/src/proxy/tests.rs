@@ -16,6 +16,7 @@ fn app(require_api_key: bool) -> App {
         max_body_size: 1024,
         require_api_key,
         shutdown_grace: Duration::from_secs(1),
+        workers: 1,
     };
     let upstream = UpstreamConfig {
         connect_timeout: Duration::from_secs(1),
