@@ -241,11 +241,14 @@ impl App {
         let parsed = request::parse(body, kind)?;
         // A client may send any string as the model: logs and error
         // messages show at most its first characters.
-        let shown = crate::error::clip(&parsed.model);
-        Span::current().record("model", shown.as_str());
+        let shown = || crate::error::clip(&parsed.model);
+        let span = Span::current();
+        if !span.is_disabled() {
+            span.record("model", shown().as_str());
+        }
         let candidates = table.route(&parsed.model).map_err(|e| match e {
-            RouteError::UnknownModel => ProxyError::ModelNotFound(shown),
-            RouteError::NoOnlineEndpoint => ProxyError::NoOnlineEndpoint(shown),
+            RouteError::UnknownModel => ProxyError::ModelNotFound(shown()),
+            RouteError::NoOnlineEndpoint => ProxyError::NoOnlineEndpoint(shown()),
         })?;
         drop(table);
         let info = Arc::new(RequestInfo {

@@ -11,6 +11,7 @@ use llmlb_proto::v1::ApiKind;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 use super::body::BoxError;
@@ -142,7 +143,36 @@ pub struct ParsedRequest {
 
 /// The members of a JSON object in order, each value kept as the exact text
 /// the client sent (nothing is converted, so no number loses precision).
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+/// A member name, borrowed from the body unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> Visitor<'de> for Name {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -156,7 +186,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some(member) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     members.push(member);
                 }
                 Ok(Members(members))
@@ -173,7 +203,7 @@ impl Members<'_> {
         self.0
             .iter()
             .rev()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.0 == key)
             .map(|(_, v)| v.get().trim())
     }
 }
@@ -218,6 +248,7 @@ fn with_include_usage(members: &Members<'_>, len: usize) -> Vec<u8> {
     out.push(b'{');
     let mut has_options = false;
     for (i, (key, value)) in members.0.iter().enumerate() {
+        let key: &str = &key.0;
         if i > 0 {
             out.push(b',');
         }
@@ -231,6 +262,7 @@ fn with_include_usage(members: &Members<'_>, len: usize) -> Vec<u8> {
         let options = serde_json::from_str::<Members<'_>>(value.get()).unwrap_or(Members(vec![]));
         let mut set = false;
         for (j, (key, value)) in options.0.iter().enumerate() {
+            let key: &str = &key.0;
             if j > 0 {
                 out.push(b',');
             }
@@ -350,6 +382,17 @@ mod tests {
             !parse_str(responses, ApiKind::Responses)
                 .unwrap()
                 .strip_usage
+        );
+    }
+
+    #[test]
+    fn escaped_member_names_are_read() {
+        let body = r#"{"mod\u0065l":"m","stream":true,"a\"b":1}"#;
+        let parsed = parse_str(body, ApiKind::ChatCompletions).unwrap();
+        assert_eq!(parsed.model, "m");
+        assert_eq!(
+            std::str::from_utf8(&parsed.body).unwrap(),
+            r#"{"model":"m","stream":true,"a\"b":1,"stream_options":{"include_usage":true}}"#
         );
     }
 
