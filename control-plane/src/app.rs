@@ -23,7 +23,11 @@ use crate::config::Config;
 use crate::db::{request_history, Db, DbError};
 use crate::events::Events;
 use crate::grpc::{
-    api_keys::ApiKeyApi, auth::BearerAuth, dashboard::DashboardApi, endpoints::EndpointApi,
+    api_keys::ApiKeyApi,
+    auth::BearerAuth,
+    dashboard::DashboardApi,
+    endpoints::EndpointApi,
+    overview::{DashboardGrpc, OverviewEncoder},
     routing::RoutingApi,
 };
 use crate::health::{self, HealthConfig, HttpProbe};
@@ -215,6 +219,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     let dashboard_api = DashboardApi {
         registry: registry.clone(),
         load: load.clone(),
+        encoder: OverviewEncoder::new(registry.clone(), load.clone()),
         events: events.clone(),
         shutdown: shutdown.clone(),
     };
@@ -313,6 +318,7 @@ async fn grpc_server(
         endpoint_service_server::EndpointServiceServer,
         routing_service_server::RoutingServiceServer, stats_service_server::StatsServiceServer,
     };
+    use tonic::service::interceptor::InterceptedService;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<EndpointServiceServer<EndpointApi>>()
@@ -353,8 +359,11 @@ async fn grpc_server(
             s.endpoint_api,
             admin.clone(),
         ))
-        .add_service(DashboardServiceServer::with_interceptor(
-            s.dashboard_api,
+        .add_service(InterceptedService::new(
+            DashboardGrpc::new(
+                DashboardServiceServer::new(s.dashboard_api.clone()),
+                s.dashboard_api.encoder,
+            ),
             admin.clone(),
         ))
         .add_service(ApiKeyServiceServer::with_interceptor(s.key_api, admin))

@@ -86,8 +86,8 @@ pub struct LoadManager {
 struct State {
     /// Totals per UTC minute (minutes since the epoch), recent ones only.
     minutes: BTreeMap<i64, MinuteTotals>,
-    /// TPS state per key.
-    models: HashMap<ModelKey, (ModelState, TpsSource)>,
+    /// TPS state per key, ordered by key.
+    models: BTreeMap<ModelKey, (ModelState, TpsSource)>,
     /// In-flight gauges per connected proxy.
     proxies: HashMap<String, ProxyGauges>,
     /// Connection ids handed out so far.
@@ -281,17 +281,22 @@ impl LoadManager {
     /// Every TPS entry, ordered by key.
     pub fn tps_entries(&self) -> Vec<TpsEntry> {
         let st = self.inner.lock();
-        let mut out: Vec<TpsEntry> = st
-            .models
+        st.models
             .iter()
             .map(|(key, (state, source))| TpsEntry {
                 key: key.clone(),
                 state: *state,
                 source: *source,
             })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
+            .collect()
+    }
+
+    /// Calls `f` with every TPS entry, ordered by key, without copying
+    /// them. The LoadManager is locked meanwhile: keep `f` short.
+    pub fn visit_tps(&self, mut f: impl FnMut(&ModelKey, &ModelState, TpsSource)) {
+        for (key, (state, source)) in &self.inner.lock().models {
+            f(key, state, *source);
+        }
     }
 }
 

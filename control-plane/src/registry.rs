@@ -71,12 +71,87 @@ pub struct Registry {
 struct Inner {
     /// The database (write pool for changes).
     db: Db,
-    /// The cache: every endpoint by id.
-    endpoints: RwLock<HashMap<Uuid, EndpointRow>>,
+    /// The cache: every endpoint.
+    endpoints: RwLock<Table>,
     /// Serialises configuration changes so DB and cache apply in one order.
     changes: tokio::sync::Mutex<()>,
     /// Change notifications.
     events: Events,
+}
+
+/// The cached rows, their revisions and their order by name.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Row and revision (moves on every change of the row but its request
+    /// counters) by id.
+    rows: HashMap<Uuid, (EndpointRow, u64)>,
+    /// Ids ordered by name.
+    by_name: Vec<Uuid>,
+    /// Revisions handed out so far.
+    revisions: u64,
+}
+
+impl Table {
+    fn new(rows: Vec<EndpointRow>) -> Table {
+        let mut table = Table::default();
+        for row in rows {
+            table.insert(row);
+        }
+        table
+    }
+
+    fn get(&self, id: &Uuid) -> Option<&EndpointRow> {
+        self.rows.get(id).map(|(row, _)| row)
+    }
+
+    fn insert(&mut self, row: EndpointRow) {
+        self.revisions += 1;
+        let at = self.position(&row.name);
+        self.by_name.insert(at, row.id);
+        self.rows.insert(row.id, (row, self.revisions));
+    }
+
+    fn remove(&mut self, id: &Uuid) {
+        if self.rows.remove(id).is_some() {
+            self.by_name.retain(|x| x != id);
+        }
+    }
+
+    /// Adds to a row's request counters (the revision stays).
+    fn add_counters(&mut self, id: &Uuid, d: &Counters) {
+        if let Some((row, _)) = self.rows.get_mut(id) {
+            row.counters.add(d);
+        }
+    }
+
+    /// Changes a row (a new revision; re-sorted if renamed).
+    fn modify<T>(&mut self, id: &Uuid, f: impl FnOnce(&mut EndpointRow) -> T) -> Option<T> {
+        let (row, revision) = self.rows.get_mut(id)?;
+        let name = row.name.clone();
+        let out = f(row);
+        self.revisions += 1;
+        *revision = self.revisions;
+        if row.name != name {
+            let row = row.clone();
+            self.by_name.retain(|x| x != id);
+            let at = self.position(&row.name);
+            self.by_name.insert(at, row.id);
+        }
+        Some(out)
+    }
+
+    /// Where `name` goes in `by_name`.
+    fn position(&self, name: &str) -> usize {
+        self.by_name
+            .partition_point(|id| self.get(id).is_some_and(|r| r.name.as_str() < name))
+    }
+
+    /// Every row, ordered by name, with its revision.
+    pub fn ordered(&self) -> impl Iterator<Item = (&EndpointRow, u64)> {
+        self.by_name
+            .iter()
+            .filter_map(|id| self.rows.get(id).map(|(row, rev)| (row, *rev)))
+    }
 }
 
 // === validation ===
@@ -156,7 +231,7 @@ impl Registry {
     /// Loads the cache from the database.
     pub async fn load(db: Db, events: Events) -> Result<Registry, sqlx::Error> {
         let rows = db_endpoints::load_all(&db.read).await?;
-        let endpoints = rows.into_iter().map(|e| (e.id, e)).collect();
+        let endpoints = Table::new(rows);
         Ok(Registry {
             inner: Arc::new(Inner {
                 db,
@@ -169,9 +244,23 @@ impl Registry {
 
     /// Every endpoint, ordered by name.
     pub fn snapshot(&self) -> Vec<EndpointRow> {
-        let mut all: Vec<EndpointRow> = self.inner.endpoints.read().values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        let table = self.inner.endpoints.read();
+        table.ordered().map(|(row, _)| row.clone()).collect()
+    }
+
+    /// Calls `f` with every endpoint, ordered by name.
+    pub fn visit(&self, mut f: impl FnMut(&EndpointRow)) {
+        for (row, _) in self.inner.endpoints.read().ordered() {
+            f(row);
+        }
+    }
+
+    /// The rows, read-locked while the guard lives (changes wait): for
+    /// readers that walk them more than once. [`Table::ordered`] gives each
+    /// row with its revision, a number that moves whenever anything in the
+    /// row but its request counters changes.
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Table> {
+        self.inner.endpoints.read()
     }
 
     /// One endpoint.
@@ -186,7 +275,7 @@ impl Registry {
 
     /// Whether an endpoint exists.
     pub fn contains(&self, id: &Uuid) -> bool {
-        self.inner.endpoints.read().contains_key(id)
+        self.inner.endpoints.read().rows.contains_key(id)
     }
 
     /// Registers an endpoint (PENDING).
@@ -215,7 +304,7 @@ impl Registry {
         db_endpoints::insert(&self.inner.db.write, &row)
             .await
             .map_err(|e| map_unique(e, &row.name))?;
-        self.inner.endpoints.write().insert(row.id, row.clone());
+        self.inner.endpoints.write().insert(row.clone());
         self.inner.events.routing_changed();
         Ok(row)
     }
@@ -265,7 +354,7 @@ impl Registry {
             return Err(RegistryError::NotFound("endpoint", id));
         }
         let mut cache = self.inner.endpoints.write();
-        if let Some(cached) = cache.get_mut(&id) {
+        let cached = cache.modify(&id, |cached| {
             // Counters and probe results may have moved meanwhile: keep them.
             cached.name = row.name.clone();
             cached.base_url = row.base_url.clone();
@@ -274,9 +363,12 @@ impl Registry {
             cached.status = row.status;
             cached.consecutive_failures = row.consecutive_failures;
             cached.updated_at = row.updated_at;
-            row = cached.clone();
-        }
+            cached.clone()
+        });
         drop(cache);
+        if let Some(cached) = cached {
+            row = cached;
+        }
         self.inner.events.routing_changed();
         Ok(row)
     }
@@ -341,19 +433,19 @@ impl Registry {
 
     /// Cache half of `record_probe` (seed T004: `None` latency keeps the value).
     fn apply_probe_to_cache(&self, id: Uuid, u: &ProbeUpdate) -> Option<EndpointRow> {
-        let mut cache = self.inner.endpoints.write();
-        let row = cache.get_mut(&id)?;
-        row.status = u.status;
-        if let Some(latency) = u.latency_ms {
-            row.latency_ms = Some(latency);
-        }
-        row.consecutive_failures = u.consecutive_failures;
-        row.last_checked_at = Some(u.checked_at);
-        row.last_error = u.last_error.clone();
-        if let Some(models) = &u.discovered_models {
-            row.discovered_models = models.clone();
-        }
-        Some(row.clone())
+        self.inner.endpoints.write().modify(&id, |row| {
+            row.status = u.status;
+            if let Some(latency) = u.latency_ms {
+                row.latency_ms = Some(latency);
+            }
+            row.consecutive_failures = u.consecutive_failures;
+            row.last_checked_at = Some(u.checked_at);
+            row.last_error = u.last_error.clone();
+            if let Some(models) = &u.discovered_models {
+                row.discovered_models = models.clone();
+            }
+            row.clone()
+        })
     }
 
     /// Adds committed counter deltas to the cache (called by the stats
@@ -361,9 +453,7 @@ impl Registry {
     pub fn apply_counters(&self, deltas: &HashMap<Uuid, Counters>) {
         let mut cache = self.inner.endpoints.write();
         for (id, d) in deltas {
-            if let Some(row) = cache.get_mut(id) {
-                row.counters.add(d);
-            }
+            cache.add_counters(id, d);
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::grpc::api_keys::ApiKeyApi;
 use crate::grpc::auth::BearerAuth;
 use crate::grpc::dashboard::DashboardApi;
 use crate::grpc::endpoints::EndpointApi;
+use crate::grpc::overview::Form;
 use crate::metrics::Metrics;
 
 /// The dashboard page (self-contained: no CDN).
@@ -200,12 +201,10 @@ async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
 
 // === dashboard ===
 
-async fn overview(State(gw): State<Gateway>) -> ApiResult<pb::Overview> {
-    reply(
-        gw.dashboard
-            .get_overview(tonic::Request::new(pb::GetOverviewRequest {}))
-            .await,
-    )
+/// Encoded by the overview encoder (the same message as gRPC's).
+async fn overview(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    let json = gw.dashboard.encoder.encode(Form::Json)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 async fn stats(State(gw): State<Gateway>) -> ApiResult<pb::Stats> {

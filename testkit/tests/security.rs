@@ -42,6 +42,23 @@ async fn the_admin_token_guards_operator_apis_but_not_reflection_or_health() {
         MetadataValue::from_static("Bearer op-secret"),
     );
     assert!(dashboard_client(&grpc).get_stats(req).await.is_ok());
+    // GetOverview is served from encoded bytes by its own route: same check.
+    let err = dashboard_client(&grpc)
+        .get_overview(pb::GetOverviewRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::GetOverviewRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::from_static("Bearer op-secret"),
+    );
+    let overview = dashboard_client(&grpc)
+        .get_overview(req)
+        .await
+        .expect("GetOverview with the admin token")
+        .into_inner();
+    assert_eq!(overview.history.len(), 60);
 
     // The proxy token does not open operator APIs, and vice versa.
     let mut req = tonic::Request::new(pb::GetStatsRequest {});

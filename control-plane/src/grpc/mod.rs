@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod dashboard;
 pub mod endpoints;
+pub mod overview;
 pub mod routing;
 
 use tonic::Status;
