@@ -43,14 +43,4 @@ impl Events {
     pub fn subscribe_dashboard(&self) -> watch::Receiver<u64> {
         self.dashboard.subscribe()
     }
-
-    /// How many routing changes there were so far.
-    pub fn routing_epoch(&self) -> u64 {
-        *self.routing.borrow()
-    }
-
-    /// How many dashboard changes there were so far (routing ones included).
-    pub fn dashboard_epoch(&self) -> u64 {
-        *self.dashboard.borrow()
-    }
 }
