@@ -143,6 +143,15 @@ impl App {
         &self.reporter.metrics
     }
 
+    /// [`handle`](Self::handle) on an owned `App`, for a `'static` future.
+    pub async fn handle_owned<B>(self, request: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.handle(request).await
+    }
+
     /// Answers one client request.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
     where
