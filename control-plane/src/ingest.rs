@@ -1,14 +1,18 @@
 //! The stats pipeline's receiving end: the `StatsService` stream handler and
 //! the single writer task that commits batches.
 //!
-//! Write path of a batch: the stream handler hands it to the writer; the
-//! writer groups what is queued into one transaction — insert the history
-//! rows that are new (`request_id` is the key, duplicates are skipped), then
-//! add counter, token, per-minute, per-day and TPS changes of the new rows
-//! only — commits, applies the same changes to the registry cache and the
-//! LoadManager, and only then acknowledges each batch. A batch that is not
-//! acknowledged is resent by its proxy; the `request_id` key makes the resend
-//! a no-op, so every record is applied exactly once.
+//! Write path of a batch: the stream handler converts its records into
+//! history rows, binds their INSERT and sums their counter, token,
+//! per-minute and per-day changes (all of this on the handler's own task,
+//! beside the writer), then hands the batch to the writer. The writer groups
+//! what is queued into one transaction — insert each batch's history rows
+//! (`request_id` is the key; a batch with rows already stored is done again
+//! row by row, and only its new rows count), fold the new rows into the TPS
+//! states, add the summed changes — commits, applies the same changes to the
+//! registry cache and the LoadManager, and only then acknowledges each
+//! batch. A batch that is not acknowledged is resent by its proxy; the
+//! `request_id` key makes the resend a no-op, so every record is applied
+//! exactly once.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -24,6 +28,7 @@ use crate::api_keys::ApiKeys;
 use crate::db::daily_stats::{self, DailyTotals};
 use crate::db::endpoints::{self as db_endpoints, Counters};
 use crate::db::model_stats::{self, ModelState};
+use crate::db::request_history::PreparedInsert;
 use crate::db::request_history::{self, HistoryRow};
 use crate::db::request_minutes::{self, MinuteTotals};
 use crate::db::{api_keys as db_keys, Db};
@@ -43,10 +48,43 @@ const MAX_RECORDS_PER_COMMIT: usize = 20_000;
 pub struct WriteJob {
     /// The proxy's batch id, echoed in the ack.
     pub batch_id: u64,
-    /// The records.
-    pub records: Vec<llmlb_proto::v1::RequestRecord>,
+    /// Records received (malformed ones included: they count as not applied).
+    pub received: u32,
+    /// The well-formed records as history rows.
+    pub rows: Vec<HistoryRow>,
+    /// Their INSERT, bound ahead.
+    pub insert: PreparedInsert,
+    /// Their changes, if every row is new.
+    pub deltas: Deltas,
     /// The proxy's stream.
     pub ack: mpsc::Sender<Result<StatsAck, Status>>,
+}
+
+impl WriteJob {
+    /// Prepares a batch for the writer: rows, INSERT, summed changes.
+    pub fn new(
+        batch_id: u64,
+        records: &[llmlb_proto::v1::RequestRecord],
+        ack: mpsc::Sender<Result<StatsAck, Status>>,
+    ) -> Result<WriteJob, Status> {
+        let rows: Vec<HistoryRow> = records.iter().filter_map(to_row).collect();
+        let insert = request_history::prepare_insert(&rows).map_err(|e| {
+            tracing::error!(error = %e, "binding stats records failed");
+            Status::internal("binding stats records failed")
+        })?;
+        let mut deltas = Deltas::default();
+        for row in &rows {
+            deltas.add(row);
+        }
+        Ok(WriteJob {
+            batch_id,
+            received: records.len() as u32,
+            rows,
+            insert,
+            deltas,
+            ack,
+        })
+    }
 }
 
 /// Handle to queue batches for the writer.
@@ -101,11 +139,11 @@ async fn run_writer(
             _ = shutdown.cancelled() => None,
         };
         let Some(first) = first else { break };
+        let mut n = first.rows.len();
         let mut jobs = vec![first];
-        let mut n = jobs[0].records.len();
         while n < MAX_RECORDS_PER_COMMIT {
             let Ok(job) = rx.try_recv() else { break };
-            n += job.records.len();
+            n += job.rows.len();
             jobs.push(job);
         }
         commit_and_ack(&deps, jobs).await;
@@ -122,21 +160,19 @@ async fn run_writer(
     tracing::info!("stats writer stopped");
 }
 
-async fn commit_and_ack(deps: &WriterDeps, jobs: Vec<WriteJob>) {
+async fn commit_and_ack(deps: &WriterDeps, mut jobs: Vec<WriteJob>) {
     let started = Instant::now();
-    let batches: Vec<&[llmlb_proto::v1::RequestRecord]> =
-        jobs.iter().map(|j| j.records.as_slice()).collect();
-    match commit(deps, &batches).await {
-        Ok(results) => {
+    match commit(deps, &mut jobs).await {
+        Ok(applied) => {
             deps.metrics.observe_commit(
                 started.elapsed(),
-                results.iter().map(|r| u64::from(r.0)).sum(),
+                applied.iter().map(|a| u64::from(*a)).sum(),
             );
-            for (job, (applied, duplicates)) in jobs.into_iter().zip(results) {
+            for (job, applied) in jobs.into_iter().zip(applied) {
                 let ack = StatsAck {
                     batch_id: job.batch_id,
                     applied,
-                    duplicates,
+                    duplicates: job.received - applied,
                 };
                 // A proxy that went away resends the batch; nothing to do here.
                 let _ = job.ack.send(Ok(ack)).await;
@@ -190,20 +226,21 @@ fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
     })
 }
 
-/// Everything one commit changes besides the history rows.
+/// What rows change besides the history table and the TPS states: sums
+/// that add up in any order, so each batch's are made by its stream handler
+/// and the writer merges them.
 #[derive(Debug, Default)]
-struct Deltas {
+pub struct Deltas {
     counters: HashMap<Uuid, Counters>,
     minutes: HashMap<i64, MinuteTotals>,
     /// Keyed by UTC day number (days since the epoch); the date string is
     /// formatted once per day and key at write time, not per record.
     daily: HashMap<(i64, ModelKey), DailyTotals>,
-    models: HashMap<ModelKey, ModelState>,
     keys_used: HashMap<String, i64>,
 }
 
 impl Deltas {
-    fn add(&mut self, row: &HistoryRow, registry: &Registry, load: &LoadManager) {
+    fn add(&mut self, row: &HistoryRow) {
         let ok = u64::from(row.success);
         let sample = Sample {
             success: row.success,
@@ -231,7 +268,7 @@ impl Deltas {
         };
         let eligible = sample.tps_eligible();
         self.daily
-            .entry((row.completed_at.div_euclid(DAY_MS), key.clone()))
+            .entry((row.completed_at.div_euclid(DAY_MS), key))
             .or_default()
             .add(&DailyTotals {
                 total_requests: 1,
@@ -241,39 +278,86 @@ impl Deltas {
                 output_tokens: if eligible { row.output_tokens } else { 0 },
                 duration_ms: if eligible { row.duration_ms } else { 0.0 },
             });
-        // TPS state only for endpoints that still exist (no ghost entries);
-        // the registry is asked once per key and commit, not per record.
-        if let Some(state) = self.models.get_mut(&key) {
-            observe(state, sample);
-        } else if registry.contains(&row.endpoint_id) {
-            let mut state = load.model_state(&key).unwrap_or_default();
-            observe(&mut state, sample);
-            self.models.insert(key, state);
-        }
         if let Some(id) = &row.api_key_id {
             let at = self.keys_used.entry(id.clone()).or_insert(row.completed_at);
             *at = (*at).max(row.completed_at);
         }
     }
+
+    fn merge(&mut self, other: Deltas) {
+        if self.counters.is_empty() {
+            *self = other;
+            return;
+        }
+        for (k, v) in other.counters {
+            self.counters.entry(k).or_default().add(&v);
+        }
+        for (k, v) in other.minutes {
+            self.minutes.entry(k).or_default().add(&v);
+        }
+        for (k, v) in other.daily {
+            self.daily.entry(k).or_default().add(&v);
+        }
+        for (k, at) in other.keys_used {
+            let e = self.keys_used.entry(k).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
 }
 
-/// Commits the batches in one transaction; returns (applied, duplicates)
-/// per batch.
-async fn commit(
-    deps: &WriterDeps,
-    batches: &[&[llmlb_proto::v1::RequestRecord]],
-) -> Result<Vec<(u32, u32)>, sqlx::Error> {
-    let rows: Vec<Vec<HistoryRow>> = batches
-        .iter()
-        .map(|b| b.iter().filter_map(to_row).collect())
-        .collect();
-    let all: Vec<HistoryRow> = rows.iter().flatten().cloned().collect();
-    let mut tx = deps.db.write.begin().await?;
-    let new = request_history::insert_new(&mut tx, &all).await?;
-    let mut deltas = Deltas::default();
-    for (row, _) in all.iter().zip(&new).filter(|(_, n)| **n) {
-        deltas.add(row, &deps.registry, &deps.load);
+/// New TPS states of a commit: its new rows folded, in order, into the
+/// states so far — only for endpoints that still exist (no ghost entries);
+/// the registry is asked once per key and commit, not per record.
+#[derive(Debug, Default)]
+struct Models(HashMap<ModelKey, ModelState>);
+
+impl Models {
+    fn add(&mut self, row: &HistoryRow, registry: &Registry, load: &LoadManager) {
+        let sample = Sample {
+            success: row.success,
+            output_tokens: row.output_tokens,
+            duration_ms: row.duration_ms,
+        };
+        let key = ModelKey {
+            endpoint_id: row.endpoint_id,
+            model: row.model.clone(),
+            api_kind: row.api_kind,
+        };
+        if let Some(state) = self.0.get_mut(&key) {
+            observe(state, sample);
+        } else if registry.contains(&row.endpoint_id) {
+            let mut state = load.model_state(&key).unwrap_or_default();
+            observe(&mut state, sample);
+            self.0.insert(key, state);
+        }
     }
+}
+
+/// Commits the batches in one transaction; returns how many records of
+/// each were applied (new).
+async fn commit(deps: &WriterDeps, jobs: &mut [WriteJob]) -> Result<Vec<u32>, sqlx::Error> {
+    let mut tx = deps.db.write.begin().await?;
+    let mut deltas = Deltas::default();
+    let mut models = Models::default();
+    let mut applied = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        let insert = std::mem::take(&mut job.insert);
+        let new = request_history::insert_prepared(&mut tx, &job.rows, insert).await?;
+        let job_deltas = std::mem::take(&mut job.deltas);
+        if new.iter().all(|n| *n) {
+            deltas.merge(job_deltas);
+        } else {
+            // Some rows were stored already: only the new ones count.
+            for (row, _) in job.rows.iter().zip(&new).filter(|(_, n)| **n) {
+                deltas.add(row);
+            }
+        }
+        for (row, _) in job.rows.iter().zip(&new).filter(|(_, n)| **n) {
+            models.add(row, &deps.registry, &deps.load);
+        }
+        applied.push(new.iter().filter(|n| **n).count() as u32);
+    }
+    let models = models.0;
     // One statement per ≤500 keys, not one per key: each statement is a
     // round trip to sqlx's SQLite thread.
     let counters: Vec<_> = deltas.counters.iter().map(|(id, c)| (*id, c)).collect();
@@ -293,8 +377,8 @@ async fn commit(
         .collect();
     daily_stats::add_many(&mut tx, &daily).await?;
     let now = now_ms();
-    let models: Vec<_> = deltas.models.iter().collect();
-    model_stats::put_many(&mut tx, &models, now).await?;
+    let model_rows: Vec<_> = models.iter().collect();
+    model_stats::put_many(&mut tx, &model_rows, now).await?;
     for (id, at) in &deltas.keys_used {
         db_keys::touch(&mut tx, id, *at).await?;
     }
@@ -302,17 +386,10 @@ async fn commit(
 
     deps.registry.apply_counters(&deltas.counters);
     deps.load
-        .apply_committed(&deltas.minutes, &deltas.models, minute_of(now));
+        .apply_committed(&deltas.minutes, &models, minute_of(now));
     deps.api_keys
         .touched(&deltas.keys_used.into_iter().collect::<Vec<_>>());
-
-    let mut results = Vec::with_capacity(batches.len());
-    let mut flags = new.iter();
-    for (batch, rows) in batches.iter().zip(&rows) {
-        let applied = flags.by_ref().take(rows.len()).filter(|n| **n).count() as u32;
-        results.push((applied, batch.len() as u32 - applied));
-    }
-    Ok(results)
+    Ok(applied)
 }
 
 // === impl StatsService ===
@@ -368,10 +445,12 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                 };
                 match kind {
                     Some(stats_upload::Kind::Batch(b)) => {
-                        let job = WriteJob {
-                            batch_id: b.batch_id,
-                            records: b.records,
-                            ack: tx.clone(),
+                        let job = match WriteJob::new(b.batch_id, &b.records, tx.clone()) {
+                            Ok(job) => job,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
                         };
                         if this.writer.submit(job).await.is_err() {
                             break;

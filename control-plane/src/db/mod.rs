@@ -22,8 +22,12 @@ use sqlx::SqlitePool;
 /// The schema, embedded: `migrations/` at the repository root.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// The first migration; every statement in it is idempotent.
-const BASE_SCHEMA: &str = include_str!("../../../migrations/0001_initial.sql");
+/// Every migration, in order; every statement in them is idempotent, so
+/// running them again repairs a dropped table without touching the rest.
+const SCHEMA: [&str; 2] = [
+    include_str!("../../../migrations/0001_initial.sql"),
+    include_str!("../../../migrations/0002_history_without_completed_at_index.sql"),
+];
 
 /// Tables whose absence boot tolerates (FR-006): their figures start at zero.
 pub const AGGREGATE_TABLES: [&str; 3] = ["request_minutes", "model_stats", "endpoint_daily_stats"];
@@ -122,10 +126,12 @@ impl Db {
         Ok(missing)
     }
 
-    /// Recreates missing tables from the (idempotent) base schema. Never
+    /// Recreates missing tables from the (idempotent) migrations. Never
     /// touches a table that exists.
     pub async fn recreate_missing_tables(&self) -> Result<(), DbError> {
-        sqlx::raw_sql(BASE_SCHEMA).execute(&self.write).await?;
+        for migration in SCHEMA {
+            sqlx::raw_sql(migration).execute(&self.write).await?;
+        }
         Ok(())
     }
 
@@ -144,4 +150,41 @@ pub(crate) async fn test_db() -> (Db, tempfile::TempDir) {
         .await
         .expect("open db");
     (db, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn indexes(db: &Db) -> Vec<String> {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'request_history' \
+             AND sql IS NOT NULL",
+        )
+        .fetch_all(&db.read)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n,)| n)
+        .collect()
+    }
+
+    /// Migration 0002 drops the completed_at index, and repairing a dropped
+    /// table (which re-runs every migration) does not bring it back.
+    #[tokio::test]
+    async fn history_has_no_secondary_index_after_migrations_and_repair() {
+        let (db, _dir) = test_db().await;
+        assert_eq!(indexes(&db).await, Vec::<String>::new());
+        sqlx::query("DROP TABLE model_stats")
+            .execute(&db.write)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.missing_aggregate_tables().await.unwrap(),
+            ["model_stats"]
+        );
+        db.recreate_missing_tables().await.unwrap();
+        assert!(db.missing_aggregate_tables().await.unwrap().is_empty());
+        assert_eq!(indexes(&db).await, Vec::<String>::new());
+    }
 }
