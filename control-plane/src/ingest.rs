@@ -15,6 +15,7 @@
 //! exactly once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use llmlb_proto::v1::{stats_upload, StatsAck, StatsUpload};
@@ -51,7 +52,7 @@ pub struct WriteJob {
     /// Records received (malformed ones included: they count as not applied).
     pub received: u32,
     /// The well-formed records as history rows.
-    pub rows: Vec<HistoryRow>,
+    pub rows: Arc<[HistoryRow]>,
     /// Their INSERT, bound ahead.
     pub insert: PreparedInsert,
     /// Their changes, if every row is new.
@@ -79,7 +80,7 @@ impl WriteJob {
         Ok(WriteJob {
             batch_id,
             received: records.len() as u32,
-            rows,
+            rows: rows.into(),
             insert,
             deltas,
             ack,
@@ -335,28 +336,52 @@ impl Models {
 
 /// Commits the batches in one transaction; returns how many records of
 /// each were applied (new).
+///
+/// While SQLite inserts the rows, another thread merges the batches' sums
+/// and folds the TPS states as if every row were new (the usual case); if
+/// some were stored already, that work is redone for the new rows only.
 async fn commit(deps: &WriterDeps, jobs: &mut [WriteJob]) -> Result<Vec<u32>, sqlx::Error> {
-    let mut tx = deps.db.write.begin().await?;
-    let mut deltas = Deltas::default();
-    let mut models = Models::default();
-    let mut applied = Vec::with_capacity(jobs.len());
-    for job in jobs.iter_mut() {
-        let insert = std::mem::take(&mut job.insert);
-        let new = request_history::insert_prepared(&mut tx, &job.rows, insert).await?;
-        let job_deltas = std::mem::take(&mut job.deltas);
-        if new.iter().all(|n| *n) {
-            deltas.merge(job_deltas);
-        } else {
-            // Some rows were stored already: only the new ones count.
-            for (row, _) in job.rows.iter().zip(&new).filter(|(_, n)| **n) {
-                deltas.add(row);
+    let sums: Vec<(Deltas, Arc<[HistoryRow]>)> = jobs
+        .iter_mut()
+        .map(|j| (std::mem::take(&mut j.deltas), j.rows.clone()))
+        .collect();
+    let (registry, load) = (deps.registry.clone(), deps.load.clone());
+    let all_new = tokio::task::spawn_blocking(move || {
+        let mut deltas = Deltas::default();
+        let mut models = Models::default();
+        for (d, rows) in sums {
+            deltas.merge(d);
+            for row in rows.iter() {
+                models.add(row, &registry, &load);
             }
         }
-        for (row, _) in job.rows.iter().zip(&new).filter(|(_, n)| **n) {
-            models.add(row, &deps.registry, &deps.load);
-        }
-        applied.push(new.iter().filter(|n| **n).count() as u32);
+        (deltas, models)
+    });
+
+    let mut tx = deps.db.write.begin().await?;
+    let mut flags = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        let insert = std::mem::take(&mut job.insert);
+        flags.push(request_history::insert_prepared(&mut tx, &job.rows, insert).await?);
     }
+    let (mut deltas, mut models) = all_new
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("summing a stats commit failed: {e}")))?;
+    if !flags.iter().flatten().all(|n| *n) {
+        // Some rows were stored already: only the new ones count.
+        deltas = Deltas::default();
+        models = Models::default();
+        for (job, new) in jobs.iter().zip(&flags) {
+            for (row, _) in job.rows.iter().zip(new).filter(|(_, n)| **n) {
+                deltas.add(row);
+                models.add(row, &deps.registry, &deps.load);
+            }
+        }
+    }
+    let applied = flags
+        .iter()
+        .map(|new| new.iter().filter(|n| **n).count() as u32)
+        .collect();
     let models = models.0;
     // One statement per ≤500 keys, not one per key: each statement is a
     // round trip to sqlx's SQLite thread.
