@@ -35,6 +35,10 @@ pub struct Endpoint {
     pub name: String,
     /// Base URL without a trailing slash; the request path is appended.
     pub base_url: String,
+    /// The base URL parsed, when it has no path and no query (the usual
+    /// case): the upstream URI is then this origin and the client's path
+    /// and query, without formatting and parsing a URI per request.
+    pub origin: Option<http::Uri>,
     /// `Bearer <api key>` to send upstream, if the endpoint has a key.
     pub authorization: Option<HeaderValue>,
     /// ONLINE and with a usable URL: receives traffic.
@@ -147,9 +151,12 @@ impl Table {
 fn endpoint(proto: RouteEndpoint, loads: &Loads) -> Endpoint {
     let base_url = proto.base_url.trim_end_matches('/').to_owned();
     let online = proto.status == EndpointStatus::Online as i32;
-    let url_ok = base_url
+    let parsed = base_url
         .parse::<http::Uri>()
-        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    let url_ok = parsed.is_some();
+    let origin = parsed.filter(|u| matches!(u.path(), "" | "/") && u.query().is_none());
     if online && !url_ok {
         warn!(endpoint_id = %proto.id, base_url = %proto.base_url, "endpoint URL unusable (not an http:// or https:// URL): not routed");
     }
@@ -163,6 +170,7 @@ fn endpoint(proto: RouteEndpoint, loads: &Loads) -> Endpoint {
         id: proto.id,
         name: proto.name,
         base_url,
+        origin,
         authorization,
         routable: online && url_ok,
         models: proto.models,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -157,16 +157,11 @@ impl App {
 /// The request to send to `endpoint`: same path and query, the forwardable
 /// client headers, the endpoint's own API key, and `body`.
 fn upstream_request(endpoint: &Endpoint, parts: &Parts, body: Bytes) -> Request<Full<Bytes>> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), |p| p.as_str());
-    let uri = format!("{}{path}", endpoint.base_url);
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = Method::POST;
     // The URL was checked when the table was built; a failure here only
     // leaves the URI empty, which the client reports as an error.
-    *request.uri_mut() = uri.parse().unwrap_or_default();
+    *request.uri_mut() = upstream_uri(endpoint, &parts.uri).unwrap_or_default();
     let headers = request.headers_mut();
     for (name, value) in &parts.headers {
         if FORWARDED.contains(name) || name.as_str().starts_with("openai-") {
@@ -180,6 +175,21 @@ fn upstream_request(endpoint: &Endpoint, parts: &Parts, body: Bytes) -> Request<
         headers.insert(header::AUTHORIZATION, authorization.clone());
     }
     request
+}
+
+/// The endpoint's base URL followed by the client's path and query.
+fn upstream_uri(endpoint: &Endpoint, client: &Uri) -> Option<Uri> {
+    if let (Some(origin), Some(path_and_query)) = (&endpoint.origin, client.path_and_query()) {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = origin.scheme().cloned();
+        uri.authority = origin.authority().cloned();
+        uri.path_and_query = Some(path_and_query.clone());
+        return Uri::from_parts(uri).ok();
+    }
+    let path = client
+        .path_and_query()
+        .map_or_else(|| client.path(), |p| p.as_str());
+    format!("{}{path}", endpoint.base_url).parse().ok()
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -212,6 +222,7 @@ mod tests {
             id: "e".into(),
             name: "e".into(),
             base_url: "http://127.0.0.1:9/prefix".into(),
+            origin: None,
             authorization: Some(HeaderValue::from_static("Bearer upstream")),
             routable: true,
             models: vec![],
@@ -237,6 +248,48 @@ mod tests {
         assert_eq!(headers["openai-organization"], "org");
         assert_eq!(headers["content-type"], "application/json");
         assert!(headers.get("cookie").is_none() && headers.get("connection").is_none());
+    }
+
+    #[test]
+    fn upstream_uri_with_and_without_a_base_path() {
+        let loads = crate::loads::Loads::default();
+        let table = |base_url: &str| {
+            crate::routing::Table::new(
+                llmlb_proto::v1::RoutingTable {
+                    endpoints: vec![llmlb_proto::v1::RouteEndpoint {
+                        id: "e".into(),
+                        base_url: base_url.into(),
+                        status: llmlb_proto::v1::EndpointStatus::Online as i32,
+                        models: vec!["m".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                &loads,
+            )
+        };
+        let client: Uri = "/v1/chat/completions?x=1".parse().unwrap();
+        for (base, expected) in [
+            (
+                "http://127.0.0.1:9",
+                "http://127.0.0.1:9/v1/chat/completions?x=1",
+            ),
+            (
+                "https://h.example/",
+                "https://h.example/v1/chat/completions?x=1",
+            ),
+            ("http://h:1/api/", "http://h:1/api/v1/chat/completions?x=1"),
+            ("http://h:1/?k=v", "http://h:1/?k=v/v1/chat/completions?x=1"),
+        ] {
+            let endpoint = table(base).route("m").unwrap().remove(0);
+            assert_eq!(
+                endpoint.origin.is_some(),
+                !base.contains("api") && !base.contains('?'),
+                "{base}"
+            );
+            let uri = upstream_uri(&endpoint, &client).unwrap();
+            assert_eq!(uri.to_string(), expected, "{base}");
+        }
     }
 
     #[test]
