@@ -33,7 +33,7 @@ use crate::loads::Loads;
 pub const MAX_BATCH: usize = 512;
 
 /// Most batches sent and not yet acknowledged.
-pub const WINDOW: usize = 16;
+pub const WINDOW: usize = 32;
 
 /// How long the first record of a batch waits for others.
 pub const LINGER: Duration = Duration::from_millis(50);

@@ -31,7 +31,7 @@ use crate::{ControlPlane, Ctx, Fake};
 /// Records per batch (the proxy's `MAX_BATCH`).
 pub const BATCH: usize = 512;
 /// Unacknowledged batches per stream (the proxy's `WINDOW`).
-pub const WINDOW: usize = 16;
+pub const WINDOW: usize = 32;
 /// Goal: records committed per second.
 const GOAL_RATE: f64 = 100_000.0;
 /// Models per seeded endpoint.
