@@ -130,7 +130,7 @@ impl Nginx {
     }
 
     /// nginx as a keep-alive reverse proxy to `backend`, 2 workers (one per
-    /// core, like llmlb-proxy's runtime threads).
+    /// core, like llmlb-proxy's worker threads).
     pub fn reverse_proxy(ctx: &Ctx, backend: SocketAddr) -> Result<Nginx> {
         let upstream = format!(
             "upstream backend {{ server {backend}; keepalive 64; keepalive_requests 10000000; }}"
@@ -472,7 +472,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
         body_md,
         "Setup: backend = nginx with one worker answering every POST with a fixed 290-byte chat \
          completion (`return 200`), `keepalive_requests` unlimited. Paths: the backend directly \
-         (baseline); `llmlb-proxy` (release, 2 runtime threads) with `llmlb-control` on a fresh \
+         (baseline); `llmlb-proxy` (release, default `--workers`: one worker thread per core, 2) with `llmlb-control` on a fresh \
          database, the backend registered as its only endpoint, stats streaming on; nginx \
          (2 workers) as a keep-alive reverse proxy (`proxy_http_version 1.1`, upstream \
          `keepalive 64`). Request: `POST /v1/chat/completions` with \
