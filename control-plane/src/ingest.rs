@@ -470,7 +470,15 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                 };
                 match kind {
                     Some(stats_upload::Kind::Batch(b)) => {
-                        let job = match WriteJob::new(b.batch_id, &b.records, tx.clone()) {
+                        // CPU work of a millisecond or so: on the blocking pool,
+                        // so the runtime's threads stay free for dashboard reads.
+                        let ack = tx.clone();
+                        let prepared = tokio::task::spawn_blocking(move || {
+                            WriteJob::new(b.batch_id, &b.records, ack)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
+                        let job = match prepared {
                             Ok(job) => job,
                             Err(status) => {
                                 let _ = tx.send(Err(status)).await;
