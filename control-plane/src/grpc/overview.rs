@@ -458,7 +458,12 @@ impl OverviewEncoder {
                 tps: None,
                 request_count: 0,
                 total_output_tokens: 0,
-                source: pb::TpsSource::Live as i32,
+                // JSON needs a valid name to match TPS_JSON_COUNTERS; protobuf
+                // leaves 0 out, and the counters carry the source.
+                source: match form {
+                    Form::Json => pb::TpsSource::Live as i32,
+                    Form::Protobuf => 0,
+                },
                 ..tps_entry(key, &ModelState::default(), TpsSource::Live)
             };
             let written = merge
@@ -869,6 +874,8 @@ mod tests {
             let now = now_ms();
             let message = overview_at(&self.registry, &self.load, now);
             let protobuf = self.encoder.encode_at(Form::Protobuf, now).unwrap();
+            // Same fields, none sent twice (only their order differs).
+            assert_eq!(protobuf.len(), message.encoded_len());
             assert_eq!(pb::Overview::decode(protobuf).unwrap(), message);
             let json = self.encoder.encode_at(Form::Json, now).unwrap();
             assert_eq!(
