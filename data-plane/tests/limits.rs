@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{endpoint, proxy_config, table, wait_routable, TestControlPlane};
+use common::{endpoint, start_routable, table, TestControlPlane};
 use llmlb_fake_openai::{FakeConfig, FakeServer};
 use llmlb_proto::v1::EndpointStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,12 +82,7 @@ async fn head_size_limits() {
         true,
     )
     .await;
-    let proxy = llmlb_proxy::start(proxy_config(&cp.url(), &[]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, "m").await;
+    let (proxy, base, client) = start_routable(&cp.url(), &[], "m").await;
     let url = format!("{base}/v1/chat/completions");
 
     // Client request heads: 7 KiB of headers pass, 9 KiB are refused.

@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{endpoint, eventually, proxy_config, table, wait_routable, TestControlPlane};
+use common::{
+    endpoint, eventually, proxy_config, start_routable, table, wait_routable, TestControlPlane,
+};
 use futures::StreamExt;
 use llmlb_fake_openai::{FakeConfig, FakeServer};
 use llmlb_proto::v1::{ApiKind, EndpointStatus, RequestRecord, RouteApiKey};
@@ -56,12 +58,7 @@ async fn requests_streams_and_one_record_per_attempt() {
         true,
     )
     .await;
-    let proxy = llmlb_proxy::start(proxy_config(&cp.url(), &["--proxy-token=t0k"]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, MODEL).await;
+    let (proxy, base, client) = start_routable(&cp.url(), &["--proxy-token=t0k"], MODEL).await;
 
     // Non-streaming chat: relayed as is, usage read from the body.
     let response = post(
@@ -244,12 +241,7 @@ async fn failover_to_the_second_endpoint() {
         true,
     )
     .await;
-    let proxy = llmlb_proxy::start(proxy_config(&cp.url(), &[]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, MODEL).await;
+    let (proxy, base, client) = start_routable(&cp.url(), &[], MODEL).await;
     let chat = json!({"model": MODEL, "messages": []});
     let mut warm = 0;
     while by_id(&cp.records(), "e1").is_empty() {
@@ -431,12 +423,8 @@ async fn upstream_timeout_and_table_updates() {
         )],
     );
     let cp = TestControlPlane::start(online, true).await;
-    let proxy = llmlb_proxy::start(proxy_config(&cp.url(), &["--upstream-timeout=300ms"]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, MODEL).await;
+    let (proxy, base, client) =
+        start_routable(&cp.url(), &["--upstream-timeout=300ms"], MODEL).await;
 
     let response = post(
         &client,

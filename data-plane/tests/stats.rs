@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{endpoint, proxy_config, table, wait_routable, TestControlPlane};
+use common::{endpoint, start_routable, table, TestControlPlane};
 use llmlb_fake_openai::{FakeConfig, FakeServer};
 use llmlb_proto::v1::EndpointStatus;
 use serde_json::json;
@@ -30,12 +30,7 @@ async fn unacked_records_are_resent_after_a_control_plane_restart() {
     // The first control plane never acknowledges anything.
     let first = TestControlPlane::start(routes.clone(), false).await;
     let addr = first.addr();
-    let proxy = llmlb_proxy::start(proxy_config(&first.url(), &[]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, "m").await;
+    let (proxy, base, client) = start_routable(&first.url(), &[], "m").await;
     for _ in 0..3 {
         let response = client
             .post(format!("{base}/v1/completions"))
@@ -138,12 +133,7 @@ async fn concurrent_requests_make_exactly_one_record_each() {
         ],
     );
     let cp = TestControlPlane::start(routes, true).await;
-    let proxy = llmlb_proxy::start(proxy_config(&cp.url(), &[]))
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy.local_addr());
-    let client = reqwest::Client::new();
-    wait_routable(&client, &base, "m").await;
+    let (proxy, base, client) = start_routable(&cp.url(), &[], "m").await;
     const REQUESTS: usize = 600;
     let tasks: Vec<_> = (0..16)
         .map(|worker| {

@@ -278,6 +278,22 @@ pub fn proxy_config(control_plane: &str, extra: &[&str]) -> Config {
     Config::try_from(<Cli as clap::Parser>::try_parse_from(args).unwrap()).unwrap()
 }
 
+/// Starts a proxy against `control_plane` (with `extra` flags) and waits
+/// until it routes `model`; returns it, its base URL and a client.
+pub async fn start_routable(
+    control_plane: &str,
+    extra: &[&str],
+    model: &str,
+) -> (llmlb_proxy::ProxyHandle, String, reqwest::Client) {
+    let proxy = llmlb_proxy::start(proxy_config(control_plane, extra))
+        .await
+        .unwrap();
+    let base = format!("http://{}", proxy.local_addr());
+    let client = reqwest::Client::new();
+    wait_routable(&client, &base, model).await;
+    (proxy, base, client)
+}
+
 /// Waits until the proxy at `base` serves `GET /v1/models` with `model`.
 pub async fn wait_routable(client: &reqwest::Client, base: &str, model: &str) {
     eventually(&format!("model {model} routable"), || async {
