@@ -227,6 +227,24 @@ fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
     })
 }
 
+/// A row as the model figures see it.
+fn sample_of(row: &HistoryRow) -> Sample {
+    Sample {
+        success: row.success,
+        output_tokens: row.output_tokens,
+        duration_ms: row.duration_ms,
+    }
+}
+
+/// A row's endpoint × model × API kind.
+fn key_of(row: &HistoryRow) -> ModelKey {
+    ModelKey {
+        endpoint_id: row.endpoint_id,
+        model: row.model.clone(),
+        api_kind: row.api_kind,
+    }
+}
+
 /// What rows change besides the history table and the TPS states: sums
 /// that add up in any order, so each batch's are made by its stream handler
 /// and the writer merges them.
@@ -243,11 +261,7 @@ pub struct Deltas {
 impl Deltas {
     fn add(&mut self, row: &HistoryRow) {
         let ok = u64::from(row.success);
-        let sample = Sample {
-            success: row.success,
-            output_tokens: row.output_tokens,
-            duration_ms: row.duration_ms,
-        };
+        let sample = sample_of(row);
         let c = self.counters.entry(row.endpoint_id).or_default();
         c.add(&Counters {
             total_requests: 1,
@@ -262,14 +276,9 @@ impl Deltas {
             failure: 1 - ok,
             total_duration_ms: row.duration_ms,
         });
-        let key = ModelKey {
-            endpoint_id: row.endpoint_id,
-            model: row.model.clone(),
-            api_kind: row.api_kind,
-        };
         let eligible = sample.tps_eligible();
         self.daily
-            .entry((row.completed_at.div_euclid(DAY_MS), key))
+            .entry((row.completed_at.div_euclid(DAY_MS), key_of(row)))
             .or_default()
             .add(&DailyTotals {
                 total_requests: 1,
@@ -314,16 +323,7 @@ struct Models(HashMap<ModelKey, ModelState>);
 
 impl Models {
     fn add(&mut self, row: &HistoryRow, registry: &Registry, load: &LoadManager) {
-        let sample = Sample {
-            success: row.success,
-            output_tokens: row.output_tokens,
-            duration_ms: row.duration_ms,
-        };
-        let key = ModelKey {
-            endpoint_id: row.endpoint_id,
-            model: row.model.clone(),
-            api_kind: row.api_kind,
-        };
+        let (sample, key) = (sample_of(row), key_of(row));
         if let Some(state) = self.0.get_mut(&key) {
             observe(state, sample);
         } else if registry.contains(&row.endpoint_id) {

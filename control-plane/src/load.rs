@@ -32,17 +32,6 @@ pub enum TpsSource {
     Restored,
 }
 
-/// One TPS entry as served.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TpsEntry {
-    /// Key.
-    pub key: ModelKey,
-    /// State.
-    pub state: ModelState,
-    /// Live or restored.
-    pub source: TpsSource,
-}
-
 /// A completed attempt, as far as the model figures care.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
@@ -278,19 +267,6 @@ impl LoadManager {
         (count > 0).then(|| total / count as f64)
     }
 
-    /// Every TPS entry, ordered by key.
-    pub fn tps_entries(&self) -> Vec<TpsEntry> {
-        let st = self.inner.lock();
-        st.models
-            .iter()
-            .map(|(key, (state, source))| TpsEntry {
-                key: key.clone(),
-                state: *state,
-                source: *source,
-            })
-            .collect()
-    }
-
     /// Calls `f` with every TPS entry, ordered by key, without copying
     /// them. The LoadManager is locked meanwhile: keep `f` short.
     pub fn visit_tps(&self, mut f: impl FnMut(&ModelKey, &ModelState, TpsSource)) {
@@ -388,11 +364,9 @@ mod tests {
             (key("c"), d(100, 0.0)),
         ]);
         assert_eq!(n, 1);
-        let entries = lm.tps_entries();
-        let tps: Vec<_> = entries
-            .iter()
-            .map(|e| (e.key.model.as_str(), e.state.tps_ema, e.source))
-            .collect();
+        let mut tps = Vec::new();
+        lm.visit_tps(|key, state, source| tps.push((key.model.clone(), state.tps_ema, source)));
+        let tps: Vec<_> = tps.iter().map(|(m, t, s)| (m.as_str(), *t, *s)).collect();
         assert_eq!(
             tps,
             vec![
@@ -438,7 +412,9 @@ mod tests {
         lm.apply_committed(&minutes, &HashMap::from([(key("a"), state)]), now);
         assert_eq!(lm.history(now)[59].1.success, 1);
         assert_eq!(lm.average_response_time(now), Some(1000.0));
-        assert_eq!(lm.tps_entries()[0].source, TpsSource::Live);
+        let mut sources = Vec::new();
+        lm.visit_tps(|_, _, source| sources.push(source));
+        assert_eq!(sources, [TpsSource::Live]);
         // Minute boundary: the same totals sit one slot further back.
         assert_eq!(lm.history(now + 1)[58].1.success, 1);
     }

@@ -248,13 +248,6 @@ impl Registry {
         table.ordered().map(|(row, _)| row.clone()).collect()
     }
 
-    /// Calls `f` with every endpoint, ordered by name.
-    pub fn visit(&self, mut f: impl FnMut(&EndpointRow)) {
-        for (row, _) in self.inner.endpoints.read().ordered() {
-            f(row);
-        }
-    }
-
     /// The rows, read-locked while the guard lives (changes wait): for
     /// readers that walk them more than once. [`Table::ordered`] gives each
     /// row with its revision, a number that moves whenever anything in the

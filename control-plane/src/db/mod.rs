@@ -22,13 +22,6 @@ use sqlx::SqlitePool;
 /// The schema, embedded: `migrations/` at the repository root.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Every migration, in order; every statement in them is idempotent, so
-/// running them again repairs a dropped table without touching the rest.
-const SCHEMA: [&str; 2] = [
-    include_str!("../../../migrations/0001_initial.sql"),
-    include_str!("../../../migrations/0002_history_without_completed_at_index.sql"),
-];
-
 /// Tables whose absence boot tolerates (FR-006): their figures start at zero.
 pub const AGGREGATE_TABLES: [&str; 3] = ["request_minutes", "model_stats", "endpoint_daily_stats"];
 
@@ -126,11 +119,13 @@ impl Db {
         Ok(missing)
     }
 
-    /// Recreates missing tables from the (idempotent) migrations. Never
-    /// touches a table that exists.
+    /// Recreates missing tables by running every migration again, in
+    /// order: every statement in `migrations/` is idempotent, so a table
+    /// that exists is never touched (and what a later migration dropped
+    /// stays dropped).
     pub async fn recreate_missing_tables(&self) -> Result<(), DbError> {
-        for migration in SCHEMA {
-            sqlx::raw_sql(migration).execute(&self.write).await?;
+        for migration in MIGRATOR.iter() {
+            sqlx::raw_sql(&migration.sql).execute(&self.write).await?;
         }
         Ok(())
     }

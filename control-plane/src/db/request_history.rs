@@ -154,6 +154,7 @@ pub async fn insert_prepared(
 }
 
 /// [`prepare_insert`] and [`insert_prepared`] in one step.
+#[cfg(test)]
 pub async fn insert_new(
     conn: &mut SqliteConnection,
     rows: &[HistoryRow],

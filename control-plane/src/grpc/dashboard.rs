@@ -80,10 +80,12 @@ impl pb::dashboard_service_server::DashboardService for DashboardApi {
         &self,
         _r: Request<pb::ListModelTpsRequest>,
     ) -> Result<Response<pb::ListModelTpsResponse>, Status> {
-        let mut ids = std::collections::HashSet::new();
-        self.registry.visit(|row| {
-            ids.insert(row.id);
-        });
+        let ids = self
+            .registry
+            .read()
+            .ordered()
+            .map(|(row, _)| row.id)
+            .collect();
         Ok(Response::new(pb::ListModelTpsResponse {
             entries: overview::model_tps(&self.load, &ids),
         }))

@@ -558,7 +558,9 @@ pub fn average_response_time(
 pub fn stats_at(registry: &Registry, load: &LoadManager, now: UnixMs) -> pb::Stats {
     let active = load.active_by_endpoint();
     let mut tally = Tally::default();
-    registry.visit(|row| tally.add(row, active.get(&row.id).copied().unwrap_or(0)));
+    for (row, _) in registry.read().ordered() {
+        tally.add(row, active.get(&row.id).copied().unwrap_or(0));
+    }
     tally.stats(load, now)
 }
 
