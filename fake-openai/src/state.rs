@@ -64,7 +64,7 @@ impl Active {
             .iter()
             .map(|m| serde_json::Value::from(m.as_str()).to_string())
             .collect();
-        let models_body = openai::models_list(&config.models);
+        let models_body = openai::models_list(&config.models, config.habits.model_metadata);
         let bearer = config.api_key.as_ref().map(|key| format!("Bearer {key}"));
         Self {
             config,

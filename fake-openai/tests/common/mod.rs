@@ -84,6 +84,7 @@ impl Conn {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    pub retry_after: Option<String>,
     pub frames: Vec<Bytes>,
 }
 
@@ -93,6 +94,10 @@ impl Reply {
         let content_type = response
             .headers()
             .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let retry_after = response
+            .headers()
+            .get("retry-after")
             .map(|v| v.to_str().unwrap().to_owned());
         let mut body = response.into_body();
         let mut frames = Vec::new();
@@ -104,6 +109,7 @@ impl Reply {
         Reply {
             status,
             content_type,
+            retry_after,
             frames,
         }
     }
