@@ -17,6 +17,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod json;
 pub mod loads;
 pub mod metrics;
 pub mod proxy;

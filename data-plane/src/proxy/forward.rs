@@ -149,7 +149,14 @@ impl App {
         if mode.rewrites() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let body = RelayBody::new(body, mode, attempt, self.upstream_timeout, inflight);
+        let body = RelayBody::new(
+            body,
+            mode,
+            attempt,
+            self.upstream_timeout,
+            self.sse_keepalive,
+            inflight,
+        );
         Response::from_parts(parts, ProxyBody::relay(body))
     }
 }

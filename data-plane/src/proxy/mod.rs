@@ -79,6 +79,8 @@ pub struct Inner {
     require_api_key: bool,
     /// Timeout to response headers and between body chunks.
     upstream_timeout: Duration,
+    /// Keep-alive comment period of silent event streams.
+    sse_keepalive: Option<Duration>,
 }
 
 impl std::ops::Deref for App {
@@ -134,6 +136,7 @@ impl App {
                 max_body_size: server.max_body_size,
                 require_api_key: server.require_api_key,
                 upstream_timeout: upstream.timeout,
+                sse_keepalive: upstream.sse_keepalive,
             }),
         }
     }
