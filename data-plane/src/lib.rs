@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod control;
 pub mod error;

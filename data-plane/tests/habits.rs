@@ -310,3 +310,124 @@ async fn a_malformed_stream_is_still_a_failure_after_done() {
     let record = one_record(&cp).await;
     assert!(!record.success, "{record:?}");
 }
+
+/// The value of `name{endpoint="id"}` in the proxy's `/metrics`.
+async fn endpoint_metric(client: &reqwest::Client, base: &str, name: &str, id: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{endpoint=\"{id}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_fast_429_fails_over_and_cools_down_for_its_retry_after() {
+    // An endpoint that answers 429 at once looks fastest to a latency-based
+    // balancer; next to a healthy one, every request must still succeed.
+    let limited = fake(
+        &["retry-after:30"],
+        FakeConfig {
+            mode: FakeMode::Status(429),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let healthy = fake(
+        &[],
+        FakeConfig {
+            latency: Duration::from_millis(20),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let (cp, _proxy, base, client) = proxy_for(&[&limited, &healthy], &[]).await;
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(limited.requests() <= 1, "{} requests", limited.requests());
+    assert_eq!(healthy.requests(), 20);
+    let left =
+        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldown_seconds", "e0").await;
+    assert!((20.0..=30.0).contains(&left), "cool-down left {left}");
+    let started = endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldowns_total", "e0").await;
+    assert_eq!(started, limited.requests() as f64);
+    let records = cp.wait_records(20 + limited.requests() as usize).await;
+    let failed: Vec<&RequestRecord> = records.iter().filter(|r| !r.success).collect();
+    assert!(failed.iter().all(|r| r.status_code == 429 && r.endpoint_id == "e0"));
+}
+
+#[tokio::test]
+async fn a_cooled_endpoint_gets_one_trial_then_returns_to_rotation() {
+    let flaky = fake(
+        &["retry-after:1"],
+        FakeConfig {
+            mode: FakeMode::Status(503),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let healthy = fake(&[], FakeConfig::default()).await;
+    let (_cp, _proxy, base, client) = proxy_for(&[&flaky, &healthy], &[]).await;
+    let send = || async {
+        let response = client
+            .post(format!("{base}/v1/completions"))
+            .json(&json!({"model": "m", "prompt": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    };
+    while flaky.requests() == 0 {
+        send().await;
+    }
+    flaky.set_mode(FakeMode::Normal);
+    // Within its cool-down of 1 s it gets nothing; after it, traffic again.
+    let before = flaky.requests();
+    eventually("the endpoint back in rotation", || async {
+        send().await;
+        (flaky.requests() > before + 3).then_some(())
+    })
+    .await;
+    let left =
+        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldown_seconds", "e0").await;
+    assert_eq!(left, 0.0);
+}
+
+#[tokio::test]
+async fn a_clients_own_error_does_not_cool_the_endpoint_down() {
+    let strict = fake(
+        &[],
+        FakeConfig {
+            mode: FakeMode::Status(400),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let (_cp, _proxy, base, client) = proxy_for(&[&strict], &[]).await;
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+    }
+    assert_eq!(strict.requests(), 3);
+    let started =
+        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldowns_total", "e0").await;
+    assert_eq!(started, 0.0);
+}

@@ -1,23 +1,28 @@
 //! Sending a request upstream, with failover.
 //!
 //! Up to [`MAX_ATTEMPTS`] attempts, each on an endpoint not tried yet for
-//! this request (picked by power of two choices over peak-EWMA cost), while
-//! nothing has reached the client. An attempt fails over when it cannot
-//! connect, when anything else goes wrong before the response headers
-//! (including the `--upstream-timeout`), or when the upstream answers 5xx and
-//! another endpoint is left to try. Every attempt emits its own stats record.
+//! this request (picked by power of two choices over peak-EWMA cost among the
+//! endpoints not cooling down, see [`crate::breaker`]), while nothing has
+//! reached the client. An attempt fails over when it cannot connect, when
+//! anything else goes wrong before the response headers (including the
+//! `--upstream-timeout`), or when the upstream answers 5xx or 429 and
+//! another endpoint is left to try. An error answer or a failed connect
+//! starts the endpoint's cool-down (its `Retry-After` when it sent one)
+//! instead of giving the balancer a latency sample. Every attempt emits its
+//! own stats record.
 //!
-//! When no attempt is left: if the last attempt got a 5xx answer, that answer
-//! is relayed to the client as it is (the upstream's own error body is the
-//! most useful thing to show); if the last attempt got no answer, the client
-//! gets 502 `upstream_unreachable` with the last error.
+//! When no attempt is left: if the last attempt got a 5xx or 429 answer, that
+//! answer is relayed to the client as it is (the upstream's own error body
+//! and `Retry-After` are the most useful things to show); if the last attempt
+//! got no answer, the client gets 502 `upstream_unreachable` with the last
+//! error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -26,17 +31,13 @@ use super::attempt::{Attempt, RequestInfo};
 use super::relay::{Mode, RelayBody};
 use super::request::ParsedRequest;
 use super::{body::ProxyBody, error_chain, App};
-use crate::balance;
+use crate::{balance, breaker};
 use crate::error::ProxyError;
 use crate::metrics::InflightRequest;
 use crate::routing::Endpoint;
 
 /// Most attempts for one request (the first and two failovers).
 pub const MAX_ATTEMPTS: usize = 3;
-
-/// Latency sample recorded for an endpoint whose attempt failed without an
-/// answer, so that the balancer steers away from it until it recovers.
-const FAILURE_LATENCY: Duration = Duration::from_secs(5);
 
 /// Client headers forwarded upstream (plus every `openai-*` header).
 const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
@@ -85,9 +86,11 @@ impl App {
         let mut last_error = String::from("no endpoint tried");
         for attempt_no in 1..=MAX_ATTEMPTS {
             let now = Instant::now();
-            let picked = balance::pick(&candidates, |e| e.load.cost(now), &mut rand::rng());
-            let Some(index) = picked else { break };
+            let Some(index) = pick(&candidates, now) else {
+                break;
+            };
             let endpoint = candidates.swap_remove(index);
+            endpoint.load.breaker.attempt(now);
             let last_chance = attempt_no == MAX_ATTEMPTS || candidates.is_empty();
             let mut attempt = Attempt::start(
                 info.clone(),
@@ -102,10 +105,22 @@ impl App {
                 .await;
             match sent {
                 Ok(Ok(response)) => {
-                    endpoint.load.observe(started.elapsed(), Instant::now());
                     let status = response.status();
+                    let retryable =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    // An error answer, however fast, is no latency sample:
+                    // it would make the endpoint look cheap to the balancer.
+                    // The breaker takes the endpoint out instead, and a
+                    // recovered one comes back at its real latency.
+                    if !retryable {
+                        endpoint.load.observe(started.elapsed(), Instant::now());
+                    }
                     attempt.set_status(status.as_u16());
-                    if status.is_server_error() && !last_chance {
+                    if retryable {
+                        let header = response.headers().get(header::RETRY_AFTER);
+                        attempt.set_retry_after(breaker::retry_after(header));
+                    }
+                    if retryable && !last_chance {
                         attempt.fail(format!("upstream answered {status}; failing over"));
                         last_error = format!("endpoint {} answered {status}", endpoint.id);
                         continue;
@@ -113,7 +128,6 @@ impl App {
                     return Ok(self.relay(response, attempt, parsed.strip_usage, inflight));
                 }
                 Ok(Err(e)) => {
-                    endpoint.load.observe(FAILURE_LATENCY, Instant::now());
                     last_error = format!("endpoint {}: {}", endpoint.id, error_chain(&e));
                     attempt.fail(format!("upstream request failed: {}", error_chain(&e)));
                 }
@@ -159,6 +173,21 @@ impl App {
         );
         Response::from_parts(parts, ProxyBody::relay(body))
     }
+}
+
+/// Power of two choices among the candidates whose breaker lets them in;
+/// among all of them when none does (a request is better tried than
+/// refused).
+fn pick(candidates: &[Arc<Endpoint>], now: Instant) -> Option<usize> {
+    let excluded = |e: &Arc<Endpoint>| e.load.breaker.excluded(now);
+    let mut rng = rand::rng();
+    if !candidates.iter().any(excluded) || candidates.iter().all(excluded) {
+        return balance::pick(candidates, |e| e.load.cost(now), &mut rng);
+    }
+    let open: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !excluded(&candidates[i]))
+        .collect();
+    balance::pick(&open, |&i| candidates[i].load.cost(now), &mut rng).map(|k| open[k])
 }
 
 /// The request to send to `endpoint`: same path and query, the forwardable

@@ -209,11 +209,16 @@ impl App {
         }
         match (path, kind) {
             ("/healthz", _) => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok")),
-            ("/metrics", _) => Ok(text(
-                StatusCode::OK,
-                metrics::CONTENT_TYPE,
-                self.metrics().encode(),
-            )),
+            ("/metrics", _) => {
+                let cooldowns = self.loads.cooldowns(Instant::now());
+                let left = cooldowns.iter().map(|(id, left)| (id.as_str(), *left));
+                self.metrics().set_cooldowns(left);
+                Ok(text(
+                    StatusCode::OK,
+                    metrics::CONTENT_TYPE,
+                    self.metrics().encode(),
+                ))
+            }
             (_, None) => self.models(&request),
             (_, Some(kind)) => self.api(kind, request, received, inflight).await,
         }
