@@ -199,7 +199,10 @@ mod tests {
         let value = |s: &'static str| http::HeaderValue::from_static(s);
         assert_eq!(retry_after(Some(&value("7"))), Some(7 * S));
         assert_eq!(retry_after(Some(&value(" 0 "))), Some(Duration::ZERO));
-        assert_eq!(retry_after(Some(&value("Wed, 21 Oct 2015 07:28:00 GMT"))), None);
+        assert_eq!(
+            retry_after(Some(&value("Wed, 21 Oct 2015 07:28:00 GMT"))),
+            None
+        );
         assert_eq!(retry_after(None), None);
     }
 }

@@ -359,14 +359,22 @@ async fn a_fast_429_fails_over_and_cools_down_for_its_retry_after() {
     }
     assert!(limited.requests() <= 1, "{} requests", limited.requests());
     assert_eq!(healthy.requests(), 20);
-    let left =
-        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldown_seconds", "e0").await;
+    let left = endpoint_metric(
+        &client,
+        &base,
+        "llmlb_proxy_endpoint_cooldown_seconds",
+        "e0",
+    )
+    .await;
     assert!((20.0..=30.0).contains(&left), "cool-down left {left}");
-    let started = endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldowns_total", "e0").await;
+    let started =
+        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldowns_total", "e0").await;
     assert_eq!(started, limited.requests() as f64);
     let records = cp.wait_records(20 + limited.requests() as usize).await;
     let failed: Vec<&RequestRecord> = records.iter().filter(|r| !r.success).collect();
-    assert!(failed.iter().all(|r| r.status_code == 429 && r.endpoint_id == "e0"));
+    assert!(failed
+        .iter()
+        .all(|r| r.status_code == 429 && r.endpoint_id == "e0"));
 }
 
 #[tokio::test]
@@ -401,8 +409,13 @@ async fn a_cooled_endpoint_gets_one_trial_then_returns_to_rotation() {
         (flaky.requests() > before + 3).then_some(())
     })
     .await;
-    let left =
-        endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldown_seconds", "e0").await;
+    let left = endpoint_metric(
+        &client,
+        &base,
+        "llmlb_proxy_endpoint_cooldown_seconds",
+        "e0",
+    )
+    .await;
     assert_eq!(left, 0.0);
 }
 
@@ -430,4 +443,23 @@ async fn a_clients_own_error_does_not_cool_the_endpoint_down() {
     let started =
         endpoint_metric(&client, &base, "llmlb_proxy_endpoint_cooldowns_total", "e0").await;
     assert_eq!(started, 0.0);
+}
+
+#[tokio::test]
+async fn a_redirect_does_not_reveal_the_servers_address() {
+    let starlette = fake(&["redirect"], FakeConfig::default()).await;
+    let (_cp, _proxy, base, _client) = proxy_for(&[&starlette], &[]).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 307);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert_eq!(location, "/v1/chat/completions/");
 }

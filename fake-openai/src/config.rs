@@ -69,6 +69,10 @@ pub struct Habits {
     /// OpenAI, LiteLLM and vLLM's rate limiting: error answers
     /// (`--mode status:429` or `status:503`) carry `Retry-After: <seconds>`.
     pub retry_after: Option<u32>,
+    /// Starlette (`redirect_slashes`, on in every FastAPI server): POSTs
+    /// answer `307` with an absolute `Location` naming the server's own
+    /// address (`http://127.0.0.1:PORT/...`).
+    pub redirect: bool,
     /// What TCP segmentation and re-chunking intermediaries (nginx buffering
     /// off, proxies) do to a stream: every SSE event is sent as two frames
     /// split in the middle of its `data:` line.
@@ -78,7 +82,7 @@ pub struct Habits {
 impl Habits {
     /// Names accepted by [`Habits::add`], for `--help` and error messages.
     pub const NAMES: &'static str = "late-eof:<duration>, usage-in-choice, no-models, \
-        model-metadata, truncate:<tokens>, retry-after:<seconds>, split-lines";
+        model-metadata, truncate:<tokens>, retry-after:<seconds>, split-lines, redirect";
 
     /// Turns on the habit named `spec` (one of [`Habits::NAMES`]).
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
@@ -94,6 +98,7 @@ impl Habits {
             ("truncate", false) => self.truncate_after = Some(arg.parse().map_err(|_| bad())?),
             ("retry-after", false) => self.retry_after = Some(arg.parse().map_err(|_| bad())?),
             ("split-lines", true) => self.split_lines = true,
+            ("redirect", true) => self.redirect = true,
             _ => return Err(bad()),
         }
         Ok(())
@@ -189,13 +194,14 @@ mod tests {
             "truncate:3",
             "retry-after:7",
             "split-lines",
+            "redirect",
         ])
         .unwrap();
         assert_eq!(habits.late_eof, Some(Duration::from_millis(50)));
         assert_eq!(habits.truncate_after, Some(3));
         assert_eq!(habits.retry_after, Some(7));
         assert!(habits.usage_in_choice && habits.no_models && habits.model_metadata);
-        assert!(habits.split_lines);
+        assert!(habits.split_lines && habits.redirect);
         for bad in ["late-eof", "truncate:x", "no-models:1", "gzip"] {
             assert!(Habits::parse([bad]).is_err(), "{bad}");
         }

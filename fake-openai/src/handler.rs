@@ -91,6 +91,19 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         );
     }
     match (config.mode, route) {
+        (_, route) if config.habits.redirect && route.is_counted_post() => {
+            let host = parts.headers.get(hyper::header::HOST).cloned();
+            let mut response = error(StatusCode::TEMPORARY_REDIRECT, "redirect", None);
+            if let Some(host) = host.and_then(|h| h.to_str().ok().map(str::to_owned)) {
+                let location = format!("http://{host}{}/", parts.uri.path());
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::LOCATION, value);
+                }
+            }
+            return response;
+        }
         (_, Route::Models) if config.habits.no_models => {
             return error(StatusCode::NOT_FOUND, "not found", None)
         }

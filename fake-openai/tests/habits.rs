@@ -126,3 +126,14 @@ async fn split_lines_cuts_every_event_in_its_data_line() {
     assert!(reply.text().ends_with("data: [DONE]\n\n"));
     assert_eq!(reply.chunks().len(), 6);
 }
+
+#[tokio::test]
+async fn redirect_names_the_host_asked_for() {
+    let server = server_with(&["redirect"], FakeMode::Normal).await;
+    let body = json!({"model": "fake-model", "messages": []});
+    let reply = post(server.addr(), "/v1/chat/completions", None, &body).await;
+    assert_eq!(reply.status, StatusCode::TEMPORARY_REDIRECT);
+    // Built from the Host header, as Starlette does (this client sends `fake`).
+    let location = reply.location.as_deref();
+    assert_eq!(location, Some("http://fake/v1/chat/completions/"));
+}

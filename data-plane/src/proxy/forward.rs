@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -31,10 +33,10 @@ use super::attempt::{Attempt, RequestInfo};
 use super::relay::{Mode, RelayBody};
 use super::request::ParsedRequest;
 use super::{body::ProxyBody, error_chain, App};
-use crate::{balance, breaker};
 use crate::error::ProxyError;
 use crate::metrics::InflightRequest;
 use crate::routing::Endpoint;
+use crate::{balance, breaker};
 
 /// Most attempts for one request (the first and two failovers).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -160,6 +162,7 @@ impl App {
             .and_then(|v| v.to_str().ok());
         let mode = Mode::for_content_type(content_type, strip_usage);
         strip_hop_by_hop(&mut parts.headers);
+        hide_upstream_address(&mut parts.headers);
         if mode.rewrites() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -226,6 +229,32 @@ fn upstream_uri(endpoint: &Endpoint, client: &Uri) -> Option<Uri> {
         .path_and_query()
         .map_or_else(|| client.path(), |p| p.as_str());
     format!("{}{path}", endpoint.base_url).parse().ok()
+}
+
+/// Makes an absolute `Location` (and `Content-Location`) relative: a
+/// server's redirect names its own address (Starlette's `redirect_slashes`
+/// builds it from the Host the proxy sent), which clients must not learn
+/// and could not reach. A value that is not a URI is removed.
+fn hide_upstream_address(headers: &mut HeaderMap) {
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        let relative = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<Uri>().ok())
+            .map(|uri| match uri.path_and_query() {
+                Some(path) if uri.authority().is_some() => path.as_str().to_owned(),
+                Some(_) => uri.to_string(),
+                None => "/".to_owned(),
+            })
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        match relative {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
+    }
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -325,6 +354,25 @@ mod tests {
             );
             let uri = upstream_uri(&endpoint, &client).unwrap();
             assert_eq!(uri.to_string(), expected, "{base}");
+        }
+    }
+
+    #[test]
+    fn redirects_do_not_name_the_upstream() {
+        for (location, expected) in [
+            (
+                "http://10.0.0.5:8000/v1/chat/completions/?a=1",
+                Some("/v1/chat/completions/?a=1"),
+            ),
+            ("https://inner.example", Some("/")),
+            ("/v1/models", Some("/v1/models")),
+            ("not a uri", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, HeaderValue::from_static(location));
+            hide_upstream_address(&mut headers);
+            let got = headers.get(header::LOCATION).map(|v| v.to_str().unwrap());
+            assert_eq!(got, expected, "{location}");
         }
     }
 

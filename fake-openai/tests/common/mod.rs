@@ -85,6 +85,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
+    pub location: Option<String>,
     pub frames: Vec<Bytes>,
 }
 
@@ -99,6 +100,10 @@ impl Reply {
             .headers()
             .get("retry-after")
             .map(|v| v.to_str().unwrap().to_owned());
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
         let mut body = response.into_body();
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -110,6 +115,7 @@ impl Reply {
             status,
             content_type,
             retry_after,
+            location,
             frames,
         }
     }
