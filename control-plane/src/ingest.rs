@@ -496,7 +496,17 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                             .filter_map(|(id, n)| Some((Uuid::parse_str(&id).ok()?, n)))
                             .filter(|(_, n)| *n > 0)
                             .collect();
-                        this.load.set_inflight(&proxy_id, conn, map);
+                        // Cool-downs are reported as time left, so that the
+                        // proxy's clock does not matter; at most 60 s.
+                        let now = crate::types::now_ms();
+                        let cooling = r
+                            .cooldown_ms
+                            .into_iter()
+                            .filter_map(|(id, ms)| Some((Uuid::parse_str(&id).ok()?, ms)))
+                            .filter(|(_, ms)| *ms > 0)
+                            .map(|(id, ms)| (id, now.saturating_add(ms.min(60_000) as i64)))
+                            .collect();
+                        this.load.set_report(&proxy_id, conn, map, cooling);
                     }
                     Some(stats_upload::Kind::Hello(_)) | None => {}
                 }

@@ -15,7 +15,7 @@ use crate::db::daily_stats::DailyTotals;
 use crate::db::model_stats::ModelState;
 use crate::db::request_minutes::MinuteTotals;
 use crate::events::Events;
-use crate::types::ModelKey;
+use crate::types::{ModelKey, UnixMs};
 
 /// Minutes in the timeline and in the average response time window.
 pub const WINDOW_MINUTES: i64 = 60;
@@ -91,6 +91,8 @@ struct ProxyGauges {
     streams: u32,
     /// Endpoint → requests in flight.
     inflight: HashMap<Uuid, u64>,
+    /// Endpoint → end of the cool-down the proxy reported (Unix ms).
+    cooling_until: HashMap<Uuid, UnixMs>,
 }
 
 impl LoadManager {
@@ -192,6 +194,7 @@ impl LoadManager {
         p.conn = conn;
         p.streams += 1;
         p.inflight.clear();
+        p.cooling_until.clear();
         drop(st);
         self.events.dashboard_changed();
         conn
@@ -204,6 +207,7 @@ impl LoadManager {
             p.streams = p.streams.saturating_sub(1);
             if p.conn == conn {
                 p.inflight.clear();
+                p.cooling_until.clear();
             }
             if p.streams == 0 {
                 st.proxies.remove(proxy_id);
@@ -215,14 +219,27 @@ impl LoadManager {
 
     /// Replaces a proxy's in-flight report.
     pub fn set_inflight(&self, proxy_id: &str, conn: u64, inflight: HashMap<Uuid, u64>) {
+        self.set_report(proxy_id, conn, inflight, HashMap::new());
+    }
+
+    /// Replaces a proxy's report: in-flight counts, and the end of each
+    /// cool-down it has (Unix ms).
+    pub fn set_report(
+        &self,
+        proxy_id: &str,
+        conn: u64,
+        inflight: HashMap<Uuid, u64>,
+        cooling_until: HashMap<Uuid, UnixMs>,
+    ) {
         let mut st = self.inner.lock();
         let Some(p) = st.proxies.get_mut(proxy_id) else {
             return;
         };
-        if p.conn != conn || p.inflight == inflight {
+        if p.conn != conn || (p.inflight == inflight && p.cooling_until == cooling_until) {
             return;
         }
         p.inflight = inflight;
+        p.cooling_until = cooling_until;
         drop(st);
         self.events.dashboard_changed();
     }
@@ -241,6 +258,20 @@ impl LoadManager {
         for p in st.proxies.values() {
             for (id, n) in &p.inflight {
                 *out.entry(*id).or_insert(0) += n;
+            }
+        }
+        out
+    }
+
+    /// Proxies that keep each endpoint in a cool-down at `now`.
+    pub fn cooling_by_endpoint(&self, now: UnixMs) -> HashMap<Uuid, u64> {
+        let st = self.inner.lock();
+        let mut out = HashMap::new();
+        for p in st.proxies.values() {
+            for (id, until) in &p.cooling_until {
+                if *until > now {
+                    *out.entry(*id).or_insert(0) += 1;
+                }
             }
         }
         out
@@ -417,6 +448,21 @@ mod tests {
         assert_eq!(sources, [TpsSource::Live]);
         // Minute boundary: the same totals sit one slot further back.
         assert_eq!(lm.history(now + 1)[58].1.success, 1);
+    }
+
+    #[test]
+    fn cool_downs_count_proxies_until_they_end() {
+        let lm = LoadManager::new(Events::default());
+        let ep = Uuid::now_v7();
+        let a = lm.proxy_connected("a");
+        let b = lm.proxy_connected("b");
+        lm.set_report("a", a, HashMap::new(), HashMap::from([(ep, 10_000)]));
+        lm.set_report("b", b, HashMap::new(), HashMap::from([(ep, 20_000)]));
+        assert_eq!(lm.cooling_by_endpoint(9_999).get(&ep), Some(&2));
+        assert_eq!(lm.cooling_by_endpoint(10_000).get(&ep), Some(&1));
+        assert_eq!(lm.cooling_by_endpoint(20_000).get(&ep), None);
+        lm.proxy_disconnected("b", b);
+        assert_eq!(lm.cooling_by_endpoint(0).get(&ep), Some(&1));
     }
 
     #[test]

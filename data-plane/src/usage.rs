@@ -13,6 +13,8 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use serde_json::value::RawValue;
+
 use crate::json::{push_key, Members};
 
 /// Tokens consumed by one request.
@@ -138,15 +140,12 @@ pub fn strip(document: &[u8]) -> Strip {
     let Ok(members) = serde_json::from_slice::<Members<'_>>(document) else {
         return Strip::Keep;
     };
-    if members.get("usage").is_none() {
-        return Strip::Keep;
-    }
-    let no_choices = members.get("choices").is_none_or(|c| {
-        c.strip_prefix('[')
-            .and_then(|c| c.strip_suffix(']'))
-            .is_some_and(|inner| inner.trim().is_empty())
-    });
-    if no_choices {
+    let carries_usage = match members.get("usage") {
+        None => return Strip::Keep,
+        Some(usage) => usage != "null",
+    };
+    // A chunk with `"usage":null` was not made for the usage: it stays.
+    if carries_usage && members.get("choices").is_none_or(choices_say_nothing) {
         return Strip::Drop;
     }
     let mut out = Vec::with_capacity(document.len());
@@ -160,6 +159,32 @@ pub fn strip(document: &[u8]) -> Strip {
     }
     out.push(b'}');
     Strip::Rewrite(out)
+}
+
+/// Whether a `choices` array carries nothing but indexes: empty, or only
+/// choices whose other members are `null`, `""`, or a `delta` of such
+/// (LiteLLM's usage chunk carries `[{"index":0,"delta":{}}]`, its
+/// completions one `[{"index":0}]`: without the usage, nothing is left).
+fn choices_say_nothing(choices: &str) -> bool {
+    let Ok(choices) = serde_json::from_str::<Vec<&RawValue>>(choices) else {
+        return false;
+    };
+    choices.iter().all(|choice| {
+        let Ok(members) = serde_json::from_str::<Members<'_>>(choice.get()) else {
+            return false;
+        };
+        members
+            .0
+            .iter()
+            .all(|(key, value)| match (&*key.0, value.get().trim()) {
+                ("index", _) | (_, "null" | "\"\"") => true,
+                ("delta", delta) => serde_json::from_str::<Members<'_>>(delta).is_ok_and(|d| {
+                    d.0.iter()
+                        .all(|(_, v)| matches!(v.get().trim(), "null" | "\"\""))
+                }),
+                _ => false,
+            })
+    })
 }
 
 /// The usage of a document too large to keep whole, from its last bytes:
@@ -207,14 +232,22 @@ mod tests {
         assert_eq!(strip(openai), Strip::Drop);
         let bare = br#"{"id":"c","usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
         assert_eq!(strip(bare), Strip::Drop);
-        // LiteLLM: usage on a chunk that also carries a choice.
-        let litellm = br#"{"id":"c","choices":[{"index":0,"delta":{}}],"x":1.10,"usage":{"prompt_tokens":5},"model":"m"}"#;
+        // LiteLLM's usage chunks: without the usage nothing is left.
+        for empty in [
+            &br#"{"id":"c","choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":5}}"#[..],
+            br#"{"id":"c","choices":[{"index":0}],"usage":{"prompt_tokens":5}}"#,
+            br#"{"id":"c","choices":[{"index":0,"text":"","finish_reason":null,"delta":{"content":null}}],"usage":{}}"#,
+        ] {
+            assert_eq!(strip(empty), Strip::Drop, "{}", String::from_utf8_lossy(empty));
+        }
+        // Usage on a chunk that also carries a choice with something in it.
+        let litellm = br#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"x":1.10,"usage":{"prompt_tokens":5},"model":"m"}"#;
         let Strip::Rewrite(out) = strip(litellm) else {
             panic!("not rewritten")
         };
         assert_eq!(
             out,
-            br#"{"id":"c","choices":[{"index":0,"delta":{}}],"x":1.10,"model":"m"}"#
+            br#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"x":1.10,"model":"m"}"#
         );
         let null = br#"{"id":"c","choices":[{"index":0}],"usage":null}"#;
         assert_eq!(

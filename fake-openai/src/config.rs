@@ -69,6 +69,9 @@ pub struct Habits {
     /// OpenAI, LiteLLM and vLLM's rate limiting: error answers
     /// (`--mode status:429` or `status:503`) carry `Retry-After: <seconds>`.
     pub retry_after: Option<u32>,
+    /// Rate limiting as OpenAI and LiteLLM do it: every POST answers `429`
+    /// with `Retry-After: <seconds>`; `GET /v1/models` still answers.
+    pub rate_limited: Option<u32>,
     /// Starlette (`redirect_slashes`, on in every FastAPI server): POSTs
     /// answer `307` with an absolute `Location` naming the server's own
     /// address (`http://127.0.0.1:PORT/...`).
@@ -82,7 +85,7 @@ pub struct Habits {
 impl Habits {
     /// Names accepted by [`Habits::add`], for `--help` and error messages.
     pub const NAMES: &'static str = "late-eof:<duration>, usage-in-choice, no-models, \
-        model-metadata, truncate:<tokens>, retry-after:<seconds>, split-lines, redirect";
+        model-metadata, truncate:<tokens>, retry-after:<seconds>, split-lines, redirect, rate-limited:<seconds>";
 
     /// Turns on the habit named `spec` (one of [`Habits::NAMES`]).
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
@@ -99,6 +102,7 @@ impl Habits {
             ("retry-after", false) => self.retry_after = Some(arg.parse().map_err(|_| bad())?),
             ("split-lines", true) => self.split_lines = true,
             ("redirect", true) => self.redirect = true,
+            ("rate-limited", false) => self.rate_limited = Some(arg.parse().map_err(|_| bad())?),
             _ => return Err(bad()),
         }
         Ok(())
@@ -195,6 +199,7 @@ mod tests {
             "retry-after:7",
             "split-lines",
             "redirect",
+            "rate-limited:3",
         ])
         .unwrap();
         assert_eq!(habits.late_eof, Some(Duration::from_millis(50)));
@@ -202,6 +207,7 @@ mod tests {
         assert_eq!(habits.retry_after, Some(7));
         assert!(habits.usage_in_choice && habits.no_models && habits.model_metadata);
         assert!(habits.split_lines && habits.redirect);
+        assert_eq!(habits.rate_limited, Some(3));
         for bad in ["late-eof", "truncate:x", "no-models:1", "gzip"] {
             assert!(Habits::parse([bad]).is_err(), "{bad}");
         }

@@ -91,6 +91,19 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         );
     }
     match (config.mode, route) {
+        (_, route) if config.habits.rate_limited.is_some() && route.is_counted_post() => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests",
+                Some("rate_limit_exceeded"),
+            );
+            if let Some(seconds) = config.habits.rate_limited {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            return response;
+        }
         (_, route) if config.habits.redirect && route.is_counted_post() => {
             let host = parts.headers.get(hyper::header::HOST).cloned();
             let mut response = error(StatusCode::TEMPORARY_REDIRECT, "redirect", None);

@@ -46,7 +46,7 @@ struct Cli {
     mode: FakeMode,
     /// Habits of real servers to imitate, comma-separated or repeated: late-eof:<duration>
     /// (uvicorn), usage-in-choice (LiteLLM), no-models, model-metadata (vLLM),
-    /// truncate:<tokens>, retry-after:<seconds>, split-lines, redirect (Starlette).
+    /// truncate:<tokens>, retry-after:<seconds>, split-lines, redirect (Starlette), rate-limited:<seconds>.
     #[arg(long = "habit", env = "FAKE_OPENAI_HABITS", value_delimiter = ',', value_parser = parse_habit)]
     habits: Vec<String>,
 }

@@ -137,3 +137,16 @@ async fn redirect_names_the_host_asked_for() {
     let location = reply.location.as_deref();
     assert_eq!(location, Some("http://fake/v1/chat/completions/"));
 }
+
+#[tokio::test]
+async fn rate_limited_refuses_posts_but_lists_models() {
+    let server = server_with(&["rate-limited:9"], FakeMode::Normal).await;
+    let body = json!({"model": "fake-model", "messages": []});
+    let reply = post(server.addr(), "/v1/chat/completions", None, &body).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.retry_after.as_deref(), Some("9"));
+    assert_eq!(
+        get(server.addr(), "/v1/models", None).await.status,
+        StatusCode::OK
+    );
+}

@@ -13,7 +13,7 @@ pub use process::bin_path;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer};
+pub use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer, Habits};
 pub use process::{ControlPlane, ControlPlaneOptions, Proxy, ProxyOptions};
 
 use llmlb_proto::v1 as pb;

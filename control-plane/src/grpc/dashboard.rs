@@ -62,8 +62,8 @@ impl pb::dashboard_service_server::DashboardService for DashboardApi {
         &self,
         _r: Request<pb::ListEndpointStatsRequest>,
     ) -> Result<Response<pb::ListEndpointStatsResponse>, Status> {
-        let endpoints =
-            overview::endpoints_at(&self.registry.snapshot(), &self.load.active_by_endpoint());
+        let loads = overview::endpoint_loads(&self.load, crate::types::now_ms());
+        let endpoints = overview::endpoints_at(&self.registry.snapshot(), &loads);
         Ok(Response::new(pb::ListEndpointStatsResponse { endpoints }))
     }
 

@@ -51,6 +51,7 @@ mod field {
     pub const EP_ACTIVE_REQUESTS: u32 = 10;
     pub const EP_TOTAL_INPUT_TOKENS: u32 = 11;
     pub const EP_TOTAL_OUTPUT_TOKENS: u32 = 12;
+    pub const EP_COOLING_DOWN_PROXIES: u32 = 15;
     pub const TPS_TPS: u32 = 4;
     pub const TPS_REQUEST_COUNT: u32 = 5;
     pub const TPS_TOTAL_OUTPUT_TOKENS: u32 = 6;
@@ -59,7 +60,7 @@ mod field {
 
 /// The JSON an entry's counters replace when its static part is rendered
 /// with zero counters (pbjson's field order and spelling).
-const EP_JSON_COUNTERS: &str = r#","totalRequests":"0","successfulRequests":"0","failedRequests":"0","activeRequests":"0","totalInputTokens":"0","totalOutputTokens":"0""#;
+const EP_JSON_COUNTERS: &str = r#","totalRequests":"0","successfulRequests":"0","failedRequests":"0","activeRequests":"0","totalInputTokens":"0","totalOutputTokens":"0","coolingDownProxies":"0""#;
 const TPS_JSON_COUNTERS: &str = r#","requestCount":"0","totalOutputTokens":"0","source":"LIVE""#;
 
 /// An encoding of the overview.
@@ -147,13 +148,13 @@ impl<K> Piece<K> {
 
 /// The counters of an entry, written at each read.
 enum Counters {
-    Endpoint([u64; 6]),
+    Endpoint([u64; 7]),
     Tps(ModelState, TpsSource),
 }
 
 impl Counters {
     /// Field number and the JSON up to the value's digits.
-    const EP_FIELDS: [(u32, &'static [u8]); 6] = [
+    const EP_FIELDS: [(u32, &'static [u8]); 7] = [
         (field::EP_TOTAL_REQUESTS, br#","totalRequests":""#),
         (
             field::EP_SUCCESSFUL_REQUESTS,
@@ -163,9 +164,13 @@ impl Counters {
         (field::EP_ACTIVE_REQUESTS, br#"","activeRequests":""#),
         (field::EP_TOTAL_INPUT_TOKENS, br#"","totalInputTokens":""#),
         (field::EP_TOTAL_OUTPUT_TOKENS, br#"","totalOutputTokens":""#),
+        (
+            field::EP_COOLING_DOWN_PROXIES,
+            br#"","coolingDownProxies":""#,
+        ),
     ];
 
-    fn endpoint(row: &EndpointRow, active: u64) -> Counters {
+    fn endpoint(row: &EndpointRow, (active, cooling): (u64, u64)) -> Counters {
         let c = &row.counters;
         Counters::Endpoint([
             c.total_requests,
@@ -174,6 +179,7 @@ impl Counters {
             active,
             c.input_tokens,
             c.output_tokens,
+            cooling,
         ])
     }
 
@@ -362,7 +368,7 @@ impl OverviewEncoder {
     /// The overview taken at `now`, encoded: the message [`overview_at`]
     /// builds.
     pub fn encode_at(&self, form: Form, now: UnixMs) -> Result<Bytes, Status> {
-        let active = self.load.active_by_endpoint();
+        let active = endpoint_loads(&self.load, now);
         let mut pieces = self.pieces.lock();
         let mut out = Vec::with_capacity(pieces.last_len[form as usize] + 4096);
 
@@ -372,7 +378,7 @@ impl OverviewEncoder {
         let mut tally = Tally::default();
         let mut ids = Vec::with_capacity(pieces.endpoints.len());
         for (row, _) in rows.ordered() {
-            tally.add(row, active.get(&row.id).copied().unwrap_or(0));
+            tally.add(row, load_of(&active, row.id).0);
             ids.push(row.id);
         }
         let skeleton = pb::Overview {
@@ -407,7 +413,7 @@ impl OverviewEncoder {
             if form == Form::Json && i > 0 {
                 out.push(b',');
             }
-            let act = active.get(&row.id).copied().unwrap_or(0);
+            let act = load_of(&active, row.id);
             let static_part = || pb::EndpointStats {
                 total_requests: 0,
                 successful_requests: 0,
@@ -415,7 +421,8 @@ impl OverviewEncoder {
                 active_requests: 0,
                 total_input_tokens: 0,
                 total_output_tokens: 0,
-                ..endpoint_stats(row, 0)
+                cooling_down_proxies: 0,
+                ..endpoint_stats(row, (0, 0))
             };
             merge
                 .piece(
@@ -567,10 +574,10 @@ pub fn stats_at(registry: &Registry, load: &LoadManager, now: UnixMs) -> pb::Sta
 /// Everything, taken at `now` (as a message).
 pub fn overview_at(registry: &Registry, load: &LoadManager, now: UnixMs) -> pb::Overview {
     let rows = registry.snapshot();
-    let active = load.active_by_endpoint();
+    let active = endpoint_loads(load, now);
     let mut tally = Tally::default();
     for row in &rows {
-        tally.add(row, active.get(&row.id).copied().unwrap_or(0));
+        tally.add(row, load_of(&active, row.id).0);
     }
     let ids: HashSet<Uuid> = rows.iter().map(|e| e.id).collect();
     pb::Overview {
@@ -582,10 +589,30 @@ pub fn overview_at(registry: &Registry, load: &LoadManager, now: UnixMs) -> pb::
     }
 }
 
-/// `ListEndpointStats` entries of `rows`.
-pub fn endpoints_at(rows: &[EndpointRow], active: &HashMap<Uuid, u64>) -> Vec<pb::EndpointStats> {
+/// Per endpoint: requests in flight and proxies cooling it down, at `now`.
+pub fn endpoint_loads(load: &LoadManager, now: UnixMs) -> HashMap<Uuid, (u64, u64)> {
+    let mut out: HashMap<Uuid, (u64, u64)> = load
+        .active_by_endpoint()
+        .into_iter()
+        .map(|(id, n)| (id, (n, 0)))
+        .collect();
+    for (id, n) in load.cooling_by_endpoint(now) {
+        out.entry(id).or_default().1 = n;
+    }
+    out
+}
+
+fn load_of(loads: &HashMap<Uuid, (u64, u64)>, id: Uuid) -> (u64, u64) {
+    loads.get(&id).copied().unwrap_or_default()
+}
+
+/// `ListEndpointStats` entries of `rows`, with their [`endpoint_loads`].
+pub fn endpoints_at(
+    rows: &[EndpointRow],
+    loads: &HashMap<Uuid, (u64, u64)>,
+) -> Vec<pb::EndpointStats> {
     rows.iter()
-        .map(|e| endpoint_stats(e, active.get(&e.id).copied().unwrap_or(0)))
+        .map(|e| endpoint_stats(e, load_of(loads, e.id)))
         .collect()
 }
 
@@ -627,7 +654,7 @@ fn tps_entry(key: &ModelKey, state: &ModelState, source: TpsSource) -> pb::Model
     }
 }
 
-fn endpoint_stats(e: &EndpointRow, active: u64) -> pb::EndpointStats {
+fn endpoint_stats(e: &EndpointRow, (active, cooling): (u64, u64)) -> pb::EndpointStats {
     pb::EndpointStats {
         id: e.id.to_string(),
         name: e.name.clone(),
@@ -641,6 +668,7 @@ fn endpoint_stats(e: &EndpointRow, active: u64) -> pb::EndpointStats {
         active_requests: active,
         total_input_tokens: e.counters.input_tokens,
         total_output_tokens: e.counters.output_tokens,
+        cooling_down_proxies: cooling,
         last_checked_at: e.last_checked_at.map(timestamp),
         last_error: e.last_error.clone(),
     }

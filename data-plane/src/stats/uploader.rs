@@ -212,8 +212,21 @@ impl Session<'_> {
     }
 
     fn send_inflight(&self, tx: &mpsc::Sender<StatsUpload>) -> Result<(), tonic::Status> {
+        let cooldown_ms = self
+            .loads
+            .cooldowns(std::time::Instant::now())
+            .into_iter()
+            .filter(|(_, left)| !left.is_zero())
+            .map(|(id, left)| {
+                (
+                    id,
+                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1),
+                )
+            })
+            .collect();
         let report = Kind::Inflight(InflightReport {
             by_endpoint: self.loads.snapshot(),
+            cooldown_ms,
         });
         match tx.try_send(StatsUpload { kind: Some(report) }) {
             // A full queue means the stream is slow: skip this report, the
