@@ -1,8 +1,8 @@
 """A rate-limited endpoint next to a healthy one: no request is lost.
 
 LiteLLM's `ll-ratelimited` model answers 429 (`mock_response:
-litellm.RateLimitError`); once LiteLLM's router has cooled that model down it
-answers 429 with `Retry-After`. A fake-openai serves the same model name and
+litellm.RateLimitError`), and 429 with `Retry-After: 2` while its router has
+both deployments of the model cooling down (thirdparty.LITELLM_CONFIG). A fake-openai serves the same model name and
 is healthy. Every request through llmlb must succeed, and the dashboard must
 show each attempt where it happened: the failures on the rate-limited
 endpoint, the successes on the healthy one.
@@ -26,7 +26,7 @@ def counters(rest):
     return stats, entries
 
 
-def direct_answers(litellm, n=3):
+def direct_answers(litellm, n=6):
     """(status, Retry-After) of n direct calls to the rate-limited model."""
     seen = []
     for _ in range(n):

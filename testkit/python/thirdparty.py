@@ -44,11 +44,23 @@ model_list:
       model: openai/text-embedding-3-small
       api_key: none
       mock_response: [0.1, 0.2, 0.3]
+  # Rate limited: each call raises a RateLimitError (429). With two
+  # deployments LiteLLM's router cools them down after a failure, and while
+  # both are cooling down it answers 429 with `Retry-After` (cooldown_time).
   - model_name: ll-ratelimited
     litellm_params:
-      model: openai/ll-ratelimited
+      model: openai/ll-ratelimited-a
       api_key: none
       mock_response: litellm.RateLimitError
+  - model_name: ll-ratelimited
+    litellm_params:
+      model: openai/ll-ratelimited-b
+      api_key: none
+      mock_response: litellm.RateLimitError
+router_settings:
+  num_retries: 0
+  allowed_fails: 0
+  cooldown_time: 2
 """
 
 # Model to call per kind of call, for each server: the kinds a server lacks
