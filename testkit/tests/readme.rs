@@ -156,7 +156,7 @@ async fn every_readme_command_works() {
             let (ok, stdout, stderr) = sh(swap(command)).await;
             let counted = !command.contains("/api/dashboard/stats")
                 || serde_json::from_str::<serde_json::Value>(&stdout)
-                    .map(|v| v["totalRequests"] == sent.to_string())
+                    .map(|v| v["totalRequests"].as_str().and_then(|n| n.parse().ok()) == Some(sent))
                     .unwrap_or(false);
             if ok && counted {
                 break stdout;
