@@ -91,6 +91,8 @@ def test_every_request_succeeds_next_to_a_rate_limited_endpoint(servers):
         stats, entries = eventually(settled, "the successes on the dashboard", timeout=10)
         limited, healthy = entries["litellm-ratelimited"], entries["healthy"]
         attempts_429 = int(limited.get("totalRequests", 0))
+        print(f"{REQUESTS} requests: {attempts_429} attempts on the rate-limited endpoint, "
+              f"{healthy.get('totalRequests')} on the healthy one")
         assert attempts_429 >= 1, "no request reached the rate-limited endpoint: the test proved nothing"
         assert int(limited.get("failedRequests", 0)) == attempts_429
         assert int(limited.get("successfulRequests", 0)) == 0
