@@ -62,7 +62,7 @@ async fn every_readme_command_works() {
     let dir = tempfile::tempdir().unwrap();
     let addrs = RunAddrs::free();
     // Long enough to see the control plane down, short enough for a test.
-    let mut run = RunScript::spawn(dir.path(), &addrs, &[("LLMLB_RESTART_DELAY", "3")]);
+    let mut run = RunScript::spawn(dir.path(), &addrs, &[("LLMLB_RESTART_DELAY", "4")]);
     run.wait_banner(Duration::from_secs(60))
         .unwrap_or_else(|(status, out)| panic!("run.sh did not start ({status:?}):\n{out}"));
     let fake = FakeServer::start(FakeConfig {
@@ -103,6 +103,7 @@ async fn every_readme_command_works() {
     let grpc = format!("http://{}", addrs.grpc);
     let mut sent = 0u64;
     let mut killed = false;
+    let mut sent_while_down = 0;
     for command in &commands {
         if command.starts_with("kill") {
             let (ok, _, stderr) = sh(swap(command)).await;
@@ -174,6 +175,7 @@ async fn every_readme_command_works() {
                     !control_plane_up().await,
                     "the request of step 6 was meant to run while the control plane is down"
                 );
+                sent_while_down += 1;
             }
         }
         assert!(!stdout.trim().is_empty(), "{command} printed nothing");
@@ -185,6 +187,10 @@ async fn every_readme_command_works() {
         }
     }
     assert!(killed);
+    assert_eq!(
+        sent_while_down, 1,
+        "step 6 sends one request while the control plane is down"
+    );
     // The walkthrough's requests reached the dashboard, the one made while
     // the control plane was down included.
     assert!(sent >= 3);
