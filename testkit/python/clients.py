@@ -21,12 +21,12 @@ CLIENTS = ["openai-sync", "openai-async", "langchain", "openai-node"]
 # Every kind of call; a server lists the ones it has (thirdparty.MODELS).
 KINDS = [
     "chat", "chat_tools", "chat_stream", "chat_stream_usage", "chat_stream_tools",
-    "completions", "embeddings", "responses", "responses_stream",
+    "completions", "completions_stream", "embeddings", "responses", "responses_stream",
 ]
-STREAMS = {"chat_stream", "chat_stream_usage", "chat_stream_tools", "responses_stream"}
+STREAMS = {"chat_stream", "chat_stream_usage", "chat_stream_tools", "completions_stream", "responses_stream"}
 # Streams whose client did not ask for usage: the proxy asks for it and must
 # hide it.
-USAGE_NOT_ASKED = {"chat_stream", "chat_stream_tools"}
+USAGE_NOT_ASKED = {"chat_stream", "chat_stream_tools", "completions_stream"}
 
 PROMPT = "hi"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -90,6 +90,22 @@ def _merge_stream(seen, chunks):
     return seen
 
 
+def _merge_completion_stream(seen, chunks):
+    """Legacy completion chunks → the text, finish reason and usage."""
+    text = []
+    for c in chunks:
+        if c.usage is not None:
+            seen.usage = _usage(c.usage)
+            seen.usage_events += 1
+        for choice in c.choices or []:
+            if choice.text:
+                text.append(choice.text)
+            if choice.finish_reason:
+                seen.finish_reason = choice.finish_reason
+    seen.content = "".join(text) or None
+    return seen
+
+
 def _response_events(seen, events):
     text = []
     for e in events:
@@ -148,6 +164,8 @@ def _openai_sync(kind, base, api_key, model):
             seen.content, seen.finish_reason = r.choices[0].text, r.choices[0].finish_reason
             seen.usage = _usage(r.usage)
             return seen
+        case "completions_stream":
+            return _merge_completion_stream(seen, c.completions.create(model=model, prompt=PROMPT, stream=True))
         case "embeddings":
             return _embeddings(seen, c.embeddings.create(model=model, input=["a", "b"]))
         case "responses":
@@ -180,6 +198,9 @@ async def _openai_async(kind, base, api_key, model):
                 seen.content, seen.finish_reason = r.choices[0].text, r.choices[0].finish_reason
                 seen.usage = _usage(r.usage)
                 return seen
+            case "completions_stream":
+                stream = await c.completions.create(model=model, prompt=PROMPT, stream=True)
+                return _merge_completion_stream(seen, [chunk async for chunk in stream])
             case "embeddings":
                 return _embeddings(seen, await c.embeddings.create(model=model, input=["a", "b"]))
             case "responses":
@@ -230,6 +251,10 @@ def _langchain(kind, base, api_key, model):
             seen.content, seen.finish_reason = gen.text, (gen.generation_info or {}).get("finish_reason")
             u = (r.llm_output or {}).get("token_usage") or {}
             seen.usage = [u["prompt_tokens"], u["completion_tokens"]] if u else None
+            return seen
+        case "completions_stream":
+            # LangChain's LLM.stream yields text only.
+            seen.content = "".join(OpenAI(**common).stream(PROMPT)) or None
             return seen
         case "embeddings":
             e = OpenAIEmbeddings(**common, check_embedding_ctx_length=False).embed_documents(["a", "b"])

@@ -59,8 +59,10 @@ def server_usage(server, kind, model):
         body["tools"] = [clients.TOOL]
     if kind in clients.STREAMS and kind.startswith("chat"):
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-    if kind == "completions":
+    if kind.startswith("completions"):
         url, body = f"{server.url}/v1/completions", {"model": model, "prompt": clients.PROMPT}
+        if kind == "completions_stream":
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
     if kind == "embeddings":
         url, body = f"{server.url}/v1/embeddings", {"model": model, "input": ["a", "b"]}
     if kind.startswith("responses"):

@@ -68,13 +68,14 @@ router_settings:
 # /v1/responses answers an error event).
 LITELLM_MODELS = {
     "chat": "ll-chat", "chat_tools": "ll-tools", "chat_stream": "ll-chat",
-    "chat_stream_usage": "ll-chat", "completions": "ll-chat", "embeddings": "ll-embed",
-    "responses": "ll-chat",
+    "chat_stream_usage": "ll-chat", "completions": "ll-chat", "completions_stream": "ll-chat",
+    "embeddings": "ll-embed", "responses": "ll-chat",
 }
 MOCK_AI_API_MODELS = {
     "chat": "gpt-4.1", "chat_tools": "gpt-4.1:mock-tool-call", "chat_stream": "gpt-4.1",
     "chat_stream_usage": "gpt-4.1", "chat_stream_tools": "gpt-4.1:mock-tool-stream",
-    "completions": "gpt-3.5-turbo-instruct", "embeddings": "text-embedding-3-small",
+    "completions": "gpt-3.5-turbo-instruct", "completions_stream": "gpt-3.5-turbo-instruct",
+    "embeddings": "text-embedding-3-small",
     "responses": "gpt-4.1", "responses_stream": "gpt-4.1",
 }
 MODELS = {"litellm": LITELLM_MODELS, "mock-ai-api": MOCK_AI_API_MODELS}

@@ -89,6 +89,21 @@ async function call(job) {
       s.usage = usage(r.usage);
       return s;
     }
+    case "completions_stream": {
+      const text = [];
+      for await (const chunk of await c.completions.create({ model, prompt: PROMPT, stream: true })) {
+        if (chunk.usage != null) {
+          s.usage = usage(chunk.usage);
+          s.usage_events += 1;
+        }
+        for (const choice of chunk.choices || []) {
+          if (choice.text) text.push(choice.text);
+          if (choice.finish_reason) s.finish_reason = choice.finish_reason;
+        }
+      }
+      s.content = text.join("") || null;
+      return s;
+    }
     case "embeddings": {
       const r = await c.embeddings.create({ model, input: ["a", "b"], encoding_format: "float" });
       s.embeddings = [r.data.length, r.data[0].embedding.length, r.data[0].embedding[0]];
