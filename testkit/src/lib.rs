@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod process;
+pub mod run_script;
 
 pub use process::bin_path;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer, Habits};
 pub use process::{ControlPlane, ControlPlaneOptions, Proxy, ProxyOptions};
+pub use run_script::{RunAddrs, RunScript};
 
 use llmlb_proto::v1 as pb;
 use tonic::transport::Channel;

