@@ -169,6 +169,9 @@ impl App {
         answer.unwrap_or_else(|error| {
             span.in_scope(|| debug!(status = error.status().as_u16(), %error, "request answered by the proxy"));
             self.metrics().rejected(error.status().as_u16());
+            if matches!(error, ProxyError::BodyTimeout { .. }) {
+                self.metrics().timeout(metrics::TimeoutKind::Body);
+            }
             error.response()
         })
     }

@@ -20,9 +20,9 @@
 //!   upstream connection and records the attempt as failed ("client went
 //!   away before the response body ended"), and an HTTP/1 connection is cut.
 //!
-//! The checks run on one timer per connection, moved to the next deadline;
-//! while requests are in flight it wakes at least every quarter of the send
-//! timeout.
+//! The checks run on one timer per connection, moved to the next deadline,
+//! and at least every quarter of the send timeout (nothing tells the driver
+//! that a request started, so that requests cost nothing here).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -158,6 +158,11 @@ impl Tracker {
     /// again at a deadline. Response bodies that waited for the client
     /// longer than the send timeout are dropped here (and counted).
     fn check(&self, now: Instant, timeouts: &Timeouts, metrics: &Metrics) -> Check {
+        let send = timeouts.send;
+        // Nothing tells the driver when a request starts: it looks again at
+        // least this often, idle or not (one timer per connection, no cost
+        // per request).
+        let mut next = now + (send / 4).max(Duration::from_millis(10));
         if self.is_idle() {
             let (since, limit, kind) = if self.served.load(Ordering::Relaxed) {
                 let since = self.at(self.idle_since.load(Ordering::Relaxed));
@@ -169,11 +174,9 @@ impl Tracker {
             return if now >= deadline {
                 Check::Close(kind)
             } else {
-                Check::At(deadline)
+                Check::At(deadline.min(next))
             };
         }
-        let send = timeouts.send;
-        let mut next = now + (send / 4).max(Duration::from_millis(10));
         let mut stuck = Vec::new();
         for stream in self.streams.lock().iter() {
             let handed = stream.handed.load(Ordering::Relaxed);
@@ -339,7 +342,8 @@ where
     tokio::pin!(closed);
     let drained = drain.cancelled();
     tokio::pin!(drained);
-    let wake = tokio::time::sleep_until(tracker.epoch + timeouts.header);
+    // The first check sets the first deadline.
+    let wake = tokio::time::sleep_until(tracker.epoch);
     tokio::pin!(wake);
     let mut closing: Option<Instant> = None;
     let mut draining = false;
@@ -407,8 +411,11 @@ mod tests {
         let tracker = Arc::new(Tracker::new(0, 1024));
         let t = timeouts();
         let start = Instant::now();
+        let look = t.send / 4;
+        assert!(matches!(tracker.check(start, &t, &metrics), Check::At(d) if d == start + look));
+        let later = start + t.header - Duration::from_secs(1);
         assert!(
-            matches!(tracker.check(start, &t, &metrics), Check::At(d) if d == start + t.header)
+            matches!(tracker.check(later, &t, &metrics), Check::At(d) if d == start + t.header)
         );
         assert!(matches!(
             tracker.check(start + t.header, &t, &metrics),
@@ -417,9 +424,10 @@ mod tests {
         let active = tracker.request_started(http::Version::HTTP_2);
         tokio::time::advance(Duration::from_secs(100)).await;
         let now = Instant::now();
-        assert!(matches!(tracker.check(now, &t, &metrics), Check::At(d) if d == now + t.send / 4));
+        assert!(matches!(tracker.check(now, &t, &metrics), Check::At(d) if d == now + look));
         drop(active);
-        assert!(matches!(tracker.check(now, &t, &metrics), Check::At(d) if d == now + t.idle));
+        let later = now + t.idle - Duration::from_secs(1);
+        assert!(matches!(tracker.check(later, &t, &metrics), Check::At(d) if d == now + t.idle));
         assert!(matches!(
             tracker.check(now + t.idle, &t, &metrics),
             Check::Close(TimeoutKind::Idle)
