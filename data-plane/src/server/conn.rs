@@ -178,7 +178,14 @@ impl Tracker {
             };
         }
         let mut stuck = Vec::new();
+        // Streams whose body was dropped after the send timeout; hyper
+        // keeps them until the client makes room for their reset (HTTP/2).
+        let mut dead = 0;
         for stream in self.streams.lock().iter() {
+            if stream.body.lock().is_none() {
+                dead += 1;
+                continue;
+            }
             let handed = stream.handed.load(Ordering::Relaxed);
             if handed == NOT_WAITING {
                 continue;
@@ -190,14 +197,13 @@ impl Tracker {
                 next = next.min(deadline);
             }
         }
-        if stuck.is_empty() {
-            return Check::At(next);
-        }
+        let timed_out = !stuck.is_empty();
         for stream in stuck {
             // Dropped outside of the streams lock: dropping a relayed body
             // ends its attempt.
             let body = stream.body.lock().take();
             if body.is_some() {
+                dead += 1;
                 metrics.timeout(TimeoutKind::Send);
                 debug!(
                     send_timeout = ?send,
@@ -206,7 +212,10 @@ impl Tracker {
             }
             drop(body);
         }
-        if self.http1.load(Ordering::Relaxed) {
+        // HTTP/1 cannot use the connection again; HTTP/2 can, unless it is
+        // left with nothing but dead streams.
+        let http1 = self.http1.load(Ordering::Relaxed);
+        if (timed_out && http1) || (dead > 0 && dead >= self.active.load(Ordering::Relaxed)) {
             Check::Cut
         } else {
             Check::At(next)
@@ -438,23 +447,38 @@ mod tests {
     async fn a_response_the_client_does_not_take_is_dropped_after_the_send_timeout() {
         use http_body_util::BodyExt;
         let metrics = Metrics::new();
-        let tracker = Arc::new(Tracker::new(0, 1024));
         let t = timeouts();
-        for (version, verdict_is_cut) in [
-            (http::Version::HTTP_2, false),
-            (http::Version::HTTP_11, true),
-        ] {
-            let active = tracker.request_started(version);
-            let mut body = TrackedBody::new(ProxyBody::full("hello"), active);
-            let frame = body.frame().await.unwrap().unwrap();
-            assert_eq!(frame.into_data().unwrap(), "hello");
-            // Handed over, never asked for more.
-            tokio::time::advance(t.send).await;
-            let verdict = tracker.check(Instant::now(), &t, &metrics);
-            assert_eq!(matches!(verdict, Check::Cut), verdict_is_cut, "{verdict:?}");
-            assert!(body.frame().await.unwrap().is_err(), "the body was dropped");
-        }
-        assert_eq!(metrics.timeouts_total(TimeoutKind::Send), 2);
+        // HTTP/2: the stuck stream is dropped, the connection stays for the
+        // live one, and is cut once only the dead stream is left.
+        let tracker = Arc::new(Tracker::new(0, 1024));
+        let live = tracker.request_started(http::Version::HTTP_2);
+        let live = TrackedBody::new(ProxyBody::full("later"), live);
+        let stuck = tracker.request_started(http::Version::HTTP_2);
+        let mut stuck = TrackedBody::new(ProxyBody::full("hello"), stuck);
+        let frame = stuck.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        // Handed over, never asked for more.
+        tokio::time::advance(t.send).await;
+        let verdict = tracker.check(Instant::now(), &t, &metrics);
+        assert!(matches!(verdict, Check::At(_)), "{verdict:?}");
+        assert!(
+            stuck.frame().await.unwrap().is_err(),
+            "the body was dropped"
+        );
+        drop(live);
+        let verdict = tracker.check(Instant::now(), &t, &metrics);
+        assert!(matches!(verdict, Check::Cut), "{verdict:?}");
+        drop(stuck);
         assert!(tracker.streams.lock().is_empty());
+
+        // HTTP/1: the connection is cut at once.
+        let tracker = Arc::new(Tracker::new(1, 1024));
+        let active = tracker.request_started(http::Version::HTTP_11);
+        let mut body = TrackedBody::new(ProxyBody::full("hello"), active);
+        body.frame().await.unwrap().unwrap();
+        tokio::time::advance(t.send).await;
+        let verdict = tracker.check(Instant::now(), &t, &metrics);
+        assert!(matches!(verdict, Check::Cut), "{verdict:?}");
+        assert_eq!(metrics.timeouts_total(TimeoutKind::Send), 2);
     }
 }
