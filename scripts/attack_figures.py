@@ -105,6 +105,7 @@ class Stack:
 
     def proxy(self, binary, prlimit=None):
         args = [binary, "--listen", "127.0.0.1:0", "--control-plane", self.grpc]
+        args += os.environ.get("ATTACK_PROXY_FLAGS", "").split()
         if prlimit:
             args = ["prlimit", f"--nofile={prlimit}:{prlimit}"] + args
         log = open(os.path.join(self.dir, f"proxy-{time.time()}.log"), "w+")
@@ -205,13 +206,15 @@ def unread(stack, binary):
         socks.append(s)
     time.sleep(5)
     rss1, open1 = rss_mib(proc.pid), upstream_conns(stack.fake_url, proc.pid)
-    time.sleep(65)
+    cpu1 = cpu_s(proc.pid) - cpu0
+    wait = float(os.environ.get("ATTACK_UNREAD_WAIT", "85"))
+    time.sleep(wait)
     rss2, open2 = rss_mib(proc.pid), upstream_conns(stack.fake_url, proc.pid)
     cpu = cpu_s(proc.pid) - cpu0
     proc.kill()
     return (f"10 clients that never read a long stream: RSS {rss0:.0f} -> {rss1:.0f} MiB at 5 s, "
-            f"{rss2:.0f} MiB at 70 s; upstream connections open {open1} at 5 s, {open2} at 70 s; "
-            f"CPU {cpu:.2f} s")
+            f"{rss2:.0f} MiB at {5 + wait:.0f} s; upstream connections open {open1} at 5 s, "
+            f"{open2} at {5 + wait:.0f} s; CPU {cpu1:.2f} s in the first 5 s, {cpu:.2f} s in all")
 
 
 def fds(stack, binary):
