@@ -152,7 +152,7 @@ async fn a_stalled_body_gets_408_and_the_streams_of_a_connection_share_a_body_bu
     let fake = fake_backend(1, Duration::ZERO).await;
     let cp = control_plane(&fake.base_url()).await;
     let flags = [
-        "--body-timeout=500ms",
+        "--body-timeout=2s",
         "--max-body-size=64KiB",
         "--connection-body-budget=96KiB",
     ];
