@@ -167,3 +167,51 @@ impl Drop for Registered {
         inner.metrics.connections_open_add(-1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_idle_connection_is_shed_and_busy_ones_are_kept() {
+        let metrics = Metrics::new();
+        let connections = Connections::new(2, metrics.clone());
+        let first = connections.admit(|id| Tracker::new(id, 1)).unwrap();
+        let second = connections.admit(|id| Tracker::new(id, 1)).unwrap();
+        let _busy = second.tracker.request_started(http::Version::HTTP_11);
+        // At the cap: the idle first connection makes room.
+        let third = connections.admit(|id| Tracker::new(id, 1)).unwrap();
+        assert!(first.tracker.is_shed());
+        assert!(!second.tracker.is_shed());
+        assert_eq!(
+            connections.open(),
+            3,
+            "the shed one is open until it closes"
+        );
+        drop(first);
+        assert_eq!(connections.open(), 2);
+        // The third is idle and is shed next; with none idle, refused.
+        let _busy = third.tracker.request_started(http::Version::HTTP_11);
+        assert!(connections.admit(|id| Tracker::new(id, 1)).is_none());
+        let text = metrics.encode();
+        assert!(
+            text.contains("llmlb_proxy_connections_shed_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("llmlb_proxy_connections_refused_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("llmlb_proxy_open_connections 2"), "{text}");
+    }
+
+    #[test]
+    fn the_cap_fits_the_descriptor_limit() {
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let cap = connection_cap(usize::MAX, 2);
+        let (raised, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert!(raised >= soft);
+        assert_eq!(cap as u64, (raised - fd_reserve(2)) / 2);
+        assert_eq!(connection_cap(3, 2), 3);
+    }
+}
