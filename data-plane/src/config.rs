@@ -84,6 +84,40 @@ pub struct Cli {
     #[arg(long, env = "LLMLB_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keepalive: Duration,
 
+    /// Longest wait for a new connection's first request head (HTTP/1 and
+    /// HTTP/2 alike), and for each later HTTP/1 request head, counted from
+    /// when the proxy starts waiting for it; the connection is closed after it.
+    #[arg(long, env = "LLMLB_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a connection with no request in flight stays open (an idle
+    /// HTTP/2 connection gets a GOAWAY, an idle HTTP/1 one is closed).
+    #[arg(long, env = "LLMLB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Longest wait between two chunks of a request body (408 after it).
+    #[arg(long, env = "LLMLB_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest a response chunk may wait for the client to take it; after
+    /// it the upstream request is cancelled and recorded as failed, and the
+    /// stream (HTTP/2) or connection (HTTP/1) is cut.
+    #[arg(long, env = "LLMLB_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
+
+    /// Most open client connections; lowered to fit the file descriptor
+    /// limit (half of RLIMIT_NOFILE minus a reserve: a connection may need
+    /// an upstream one too). At the limit, idle connections are closed to
+    /// make room; with none idle, new connections are closed at once.
+    #[arg(long, env = "LLMLB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most request body bytes held at once for one connection (its HTTP/2
+    /// streams together); a body that would go over it gets 413
+    /// [default: twice --max-body-size].
+    #[arg(long, env = "LLMLB_CONNECTION_BODY_BUDGET", value_parser = parse_size)]
+    pub connection_body_budget: Option<usize>,
+
     /// Worker threads serving HTTP connections, each with its own event loop
     /// and upstream connection pool [default: the number of CPUs].
     #[arg(long, env = "LLMLB_WORKERS")]
@@ -128,6 +162,16 @@ pub enum ConfigError {
     /// The proxy token cannot be sent as a header.
     #[error("--proxy-token must be non-empty printable ASCII")]
     ProxyToken,
+    /// The connection body budget cannot hold one body of the largest size.
+    #[error(
+        "--connection-body-budget ({budget}) must be at least --max-body-size ({max_body_size})"
+    )]
+    BodyBudget {
+        /// The budget given.
+        budget: usize,
+        /// The body size limit.
+        max_body_size: usize,
+    },
     /// A zero size or count where one is needed.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
@@ -161,6 +205,25 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Worker threads (at least 1).
     pub workers: usize,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+    /// Most open client connections (before the file descriptor limit).
+    pub max_connections: usize,
+    /// Most request body bytes held at once for one connection.
+    pub connection_body_budget: usize,
+}
+
+/// How long a client connection may keep the proxy waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To a new connection's first request head, and to each HTTP/1 head.
+    pub header: Duration,
+    /// With no request in flight.
+    pub idle: Duration,
+    /// Between two chunks of a request body.
+    pub body: Duration,
+    /// For the client to take a response chunk.
+    pub send: Duration,
 }
 
 /// Control plane connection.
@@ -241,6 +304,28 @@ impl TryFrom<Cli> for Config {
         if cli.upstream_timeout.is_zero() {
             return Err(ConfigError::Zero("--upstream-timeout"));
         }
+        for (flag, value) in [
+            ("--header-timeout", cli.header_timeout),
+            ("--idle-timeout", cli.idle_timeout),
+            ("--body-timeout", cli.body_timeout),
+            ("--send-timeout", cli.send_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(flag));
+            }
+        }
+        if cli.max_connections == 0 {
+            return Err(ConfigError::Zero("--max-connections"));
+        }
+        let connection_body_budget = cli
+            .connection_body_budget
+            .unwrap_or(cli.max_body_size.saturating_mul(2));
+        if connection_body_budget < cli.max_body_size {
+            return Err(ConfigError::BodyBudget {
+                budget: connection_body_budget,
+                max_body_size: cli.max_body_size,
+            });
+        }
         let workers = match cli.workers {
             Some(0) => return Err(ConfigError::Zero("--workers")),
             Some(n) => n,
@@ -253,6 +338,14 @@ impl TryFrom<Cli> for Config {
                 require_api_key: cli.require_api_key,
                 shutdown_grace: cli.shutdown_grace,
                 workers,
+                timeouts: Timeouts {
+                    header: cli.header_timeout,
+                    idle: cli.idle_timeout,
+                    body: cli.body_timeout,
+                    send: cli.send_timeout,
+                },
+                max_connections: cli.max_connections,
+                connection_body_budget,
             },
             control: ControlConfig {
                 url: cli.control_plane,
@@ -344,6 +437,15 @@ mod tests {
             std::thread::available_parallelism().map_or(1, usize::from)
         );
         assert_eq!(parse(&["--workers=3"]).unwrap().server.workers, 3);
+        let timeouts = config.server.timeouts;
+        assert_eq!(timeouts.header, Duration::from_secs(30));
+        assert_eq!(timeouts.idle, Duration::from_secs(60));
+        assert_eq!(timeouts.body, Duration::from_secs(60));
+        assert_eq!(timeouts.send, Duration::from_secs(60));
+        assert_eq!(config.server.max_connections, 10_000);
+        assert_eq!(config.server.connection_body_budget, 16 << 20);
+        let budget = parse(&["--max-body-size=1MiB"]).unwrap();
+        assert_eq!(budget.server.connection_body_budget, 2 << 20);
     }
 
     #[test]
@@ -382,6 +484,10 @@ mod tests {
         assert!(parse(&["--control-plane-ca=/nonexistent.pem"]).is_err());
         assert!(parse(&["--stats-buffer=0"]).is_err());
         assert!(parse(&["--workers=0"]).is_err());
+        assert!(parse(&["--max-connections=0"]).is_err());
+        assert!(parse(&["--idle-timeout=0s"]).is_err());
+        assert!(parse(&["--connection-body-budget=1MiB"]).is_err());
+        assert!(parse(&["--connection-body-budget=8MiB"]).is_ok());
         assert!(parse(&["--proxy-token=has space"]).is_err());
         assert!(Cli::try_parse_from(["llmlb-proxy", "--shutdown-grace=soon"]).is_err());
     }

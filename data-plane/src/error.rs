@@ -26,6 +26,25 @@ pub enum ProxyError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The request body stalled longer than `--body-timeout`.
+    #[error("the request body stalled: nothing received for {secs}s")]
+    BodyTimeout {
+        /// The timeout, in seconds.
+        secs: f64,
+    },
+    /// The request bodies being read on the connection would exceed its
+    /// budget (`--connection-body-budget`).
+    #[error("request bodies being read on this connection exceed its budget of {limit} bytes")]
+    ConnectionBudget {
+        /// The budget, in bytes.
+        limit: usize,
+    },
+    /// An HTTP/1.1 request without exactly one `Host` header.
+    #[error("an HTTP/1.1 request needs exactly one Host header (it has {0})")]
+    HostHeaders(usize),
+    /// A transfer coding other than `chunked`.
+    #[error("unsupported Transfer-Encoding `{0}`: only `chunked` is accepted")]
+    TransferEncoding(String),
     /// Reading the request body failed.
     #[error("failed to read the request body: {0}")]
     BodyRead(String),
@@ -73,10 +92,16 @@ impl ProxyError {
         match self {
             Self::NotReady | Self::NoOnlineEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) | Self::InvalidJson(_) | Self::NotAnObject | Self::MissingModel => {
-                StatusCode::BAD_REQUEST
+            Self::BodyTooLarge { .. } | Self::ConnectionBudget { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
             }
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::TransferEncoding(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::HostHeaders(_)
+            | Self::BodyRead(_)
+            | Self::InvalidJson(_)
+            | Self::NotAnObject
+            | Self::MissingModel => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -86,6 +111,7 @@ impl ProxyError {
     /// OpenAI error `type`.
     fn kind(&self) -> &'static str {
         match self.status() {
+            _ if matches!(self, Self::TransferEncoding(_)) => "invalid_request_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
         }
@@ -96,7 +122,10 @@ impl ProxyError {
         match self {
             Self::NotReady => "not_ready",
             Self::MissingApiKey | Self::InvalidApiKey => "invalid_api_key",
-            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::BodyTooLarge { .. } | Self::ConnectionBudget { .. } => "request_too_large",
+            Self::BodyTimeout { .. } => "request_timeout",
+            Self::HostHeaders(_) => "invalid_host",
+            Self::TransferEncoding(_) => "unsupported_transfer_encoding",
             Self::BodyRead(_) => "invalid_body",
             Self::InvalidJson(_) => "invalid_json",
             Self::NotAnObject => "invalid_request",

@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod body_limits;
 pub mod breaker;
 pub mod config;
 pub mod control;
@@ -161,10 +162,16 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     let listener = tokio::spawn(
         server::serve(
             listener,
-            config.server.workers,
+            server::Settings {
+                workers: config.server.workers,
+                grace,
+                timeouts: config.server.timeouts,
+                max_connections: config.server.max_connections,
+                body_budget: config.server.connection_body_budget,
+            },
             make_app,
+            metrics.clone(),
             stop_listener.clone(),
-            grace,
         )
         .instrument(info_span!("proxy_listener")),
     );

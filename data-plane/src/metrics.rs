@@ -34,6 +34,36 @@ struct EndpointLabels {
     endpoint: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    kind: &'static str,
+}
+
+/// What a client kept the proxy waiting for, past its timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// A request head (`--header-timeout`).
+    Header,
+    /// The next request on an idle connection (`--idle-timeout`).
+    Idle,
+    /// The next chunk of a request body (`--body-timeout`).
+    Body,
+    /// Taking a response chunk (`--send-timeout`).
+    Send,
+}
+
+impl TimeoutKind {
+    /// The `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Idle => "idle",
+            Self::Body => "body",
+            Self::Send => "send",
+        }
+    }
+}
+
 type HistogramFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +95,18 @@ struct Inner {
     stats_resent: Counter,
     /// Stats records dropped because the buffer was full.
     stats_dropped: Counter,
+    /// Client connections open.
+    open_connections: Gauge,
+    /// Most client connections open at once (after the fd limit).
+    connection_limit: Gauge,
+    /// Idle connections closed to make room for new ones.
+    connections_shed: Counter,
+    /// Connections closed at once: at the limit with none idle.
+    connections_refused: Counter,
+    /// Failed accepts (e.g. out of file descriptors).
+    accept_errors: Counter,
+    /// Clients cut for keeping the proxy waiting, by what it waited for.
+    timeouts: Family<TimeoutLabels, Counter>,
     /// Version of the routing table in use.
     table_version: Gauge,
     /// Seconds since the routing table in use arrived.
@@ -94,6 +136,12 @@ impl Metrics {
         let stats_buffered = Gauge::default();
         let stats_resent = Counter::default();
         let stats_dropped = Counter::default();
+        let open_connections = Gauge::default();
+        let connection_limit = Gauge::default();
+        let connections_shed = Counter::default();
+        let connections_refused = Counter::default();
+        let accept_errors = Counter::default();
+        let timeouts = Family::<TimeoutLabels, Counter>::default();
         let table_version = Gauge::default();
         let table_age = Gauge::<f64, AtomicU64>::default();
         let cooldown = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
@@ -134,6 +182,36 @@ impl Metrics {
             stats_dropped.clone(),
         );
         registry.register(
+            "llmlb_proxy_open_connections",
+            "Client connections open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_connection_limit",
+            "Most client connections open at once (--max-connections, lowered to fit the file descriptor limit)",
+            connection_limit.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_connections_shed",
+            "Idle client connections closed to make room for new ones at the connection limit",
+            connections_shed.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_connections_refused",
+            "Client connections closed as soon as accepted: at the connection limit with none idle",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_accept_errors",
+            "Failed accepts on the listener (e.g. out of file descriptors)",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_client_timeouts",
+            "Clients cut for keeping the proxy waiting, by kind: header, idle, body (request body stalled), send (response not taken)",
+            timeouts.clone(),
+        );
+        registry.register(
             "llmlb_proxy_routing_table_version",
             "Version of the routing table in use (0: none yet)",
             table_version.clone(),
@@ -163,6 +241,12 @@ impl Metrics {
                 stats_buffered,
                 stats_resent,
                 stats_dropped,
+                open_connections,
+                connection_limit,
+                connections_shed,
+                connections_refused,
+                accept_errors,
+                timeouts,
                 table_version,
                 table_age,
                 table_received: Mutex::new(None),
@@ -252,6 +336,49 @@ impl Metrics {
         self.inner.stats_resent.get()
     }
 
+    /// A client connection opened (+1) or closed (-1).
+    pub fn connections_open_add(&self, delta: i64) {
+        self.inner.open_connections.inc_by(delta);
+    }
+
+    /// Sets the connection limit in force.
+    pub fn set_connection_limit(&self, limit: usize) {
+        self.inner
+            .connection_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an idle connection shed.
+    pub fn connection_shed(&self) {
+        self.inner.connections_shed.inc();
+    }
+
+    /// Counts a connection refused at the limit.
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_error(&self) {
+        self.inner.accept_errors.inc();
+    }
+
+    /// Counts a client cut after a timeout of `kind`.
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.inner
+            .timeouts
+            .get_or_create(&TimeoutLabels { kind: kind.label() })
+            .inc();
+    }
+
+    /// Clients cut after a timeout of `kind` so far.
+    pub fn timeouts_total(&self, kind: TimeoutKind) -> u64 {
+        self.inner
+            .timeouts
+            .get_or_create(&TimeoutLabels { kind: kind.label() })
+            .get()
+    }
+
     /// Notes the routing table in use.
     pub fn table_installed(&self, version: u64, received: Instant) {
         self.inner
@@ -324,6 +451,11 @@ mod tests {
         metrics.attempt("ep1", "m", None, Duration::from_millis(1), None);
         metrics.rejected(404);
         metrics.table_installed(7, Instant::now());
+        metrics.connections_open_add(1);
+        metrics.set_connection_limit(100);
+        metrics.connection_shed();
+        metrics.connection_refused();
+        metrics.timeout(TimeoutKind::Body);
         let guard = metrics.inflight_request();
         let text = metrics.encode();
         drop(guard);
@@ -339,6 +471,12 @@ mod tests {
             "llmlb_proxy_stats_dropped_total 0",
             "llmlb_proxy_routing_table_version 7",
             "llmlb_proxy_routing_table_age_seconds",
+            "llmlb_proxy_open_connections 1",
+            "llmlb_proxy_connection_limit 100",
+            "llmlb_proxy_connections_shed_total 1",
+            "llmlb_proxy_connections_refused_total 1",
+            "llmlb_proxy_accept_errors_total 0",
+            "llmlb_proxy_client_timeouts_total{kind=\"body\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

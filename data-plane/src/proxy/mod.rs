@@ -172,6 +172,9 @@ impl App {
         answer.unwrap_or_else(|error| {
             span.in_scope(|| debug!(status = error.status().as_u16(), %error, "request answered by the proxy"));
             self.metrics().rejected(error.status().as_u16());
+            if matches!(error, ProxyError::BodyTimeout { .. }) {
+                self.metrics().timeout(metrics::TimeoutKind::Body);
+            }
             error.response()
         })
     }
@@ -254,7 +257,15 @@ impl App {
         let table = self.routes.current().ok_or(ProxyError::NotReady)?;
         let api_key_id = request::authorize(&table, request.headers(), self.require_api_key)?;
         let (parts, body) = request.into_parts();
-        let body = request::read_body(body, &parts.headers, self.max_body_size).await?;
+        // The bytes stay counted against the connection's budget until the
+        // response head is ready (the body is kept for failover until then).
+        let (body, _held) = request::read_body(
+            body,
+            &parts.headers,
+            self.max_body_size,
+            parts.extensions.get(),
+        )
+        .await?;
         let parsed = request::parse(body, kind)?;
         // A client may send any string as the model: logs and error
         // messages show at most its first characters.

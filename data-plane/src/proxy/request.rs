@@ -10,7 +10,10 @@ use http_body_util::BodyExt;
 use llmlb_proto::v1::ApiKind;
 use serde_json::error::Category;
 
+use tokio::time::Instant;
+
 use super::body::BoxError;
+use crate::body_limits::{BodyLimits, Reservation, DRAIN_PATIENCE};
 use crate::error::ProxyError;
 use crate::json::{push_key, Members};
 use crate::routing::Table;
@@ -61,8 +64,17 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Reads the whole body, refusing more than `limit` bytes (checked against
 /// `Content-Length` first). A refused body is drained in the background
-/// (bounded by [`DRAIN_BYTES`] and [`DRAIN_TIME`]).
-pub async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError>
+/// (bounded by [`DRAIN_BYTES`] and [`DRAIN_TIME`]). With `limits` (the
+/// listener gives them), a body that stalls longer than their timeout gets
+/// 408, and one that the connection's budget cannot hold gets 413; the
+/// bytes stay counted against the budget until the returned
+/// [`Reservation`] drops.
+pub async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limit: usize,
+    limits: Option<&BodyLimits>,
+) -> Result<(Bytes, Reservation), ProxyError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -77,10 +89,35 @@ where
         }
         return Err(ProxyError::BodyTooLarge { limit });
     }
+    let mut reservation = limits.map_or_else(Reservation::unlimited, |l| l.budget.reservation());
+    let mut patience = limits.map_or(Duration::MAX, |l| l.timeout);
+    let mut draining = limits.is_none();
+    // One timer for the whole body, moved on after every chunk; it is
+    // polled (registered) only when a chunk is not there at once.
+    let stall = tokio::time::sleep(patience.min(FAR_FUTURE));
+    tokio::pin!(stall);
+    let drain_token = limits.map(|l| l.drain.clone()).unwrap_or_default();
+    let drained = drain_token.cancelled();
+    tokio::pin!(drained);
     let mut body = Box::pin(body);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut drained, if !draining => {
+                draining = true;
+                patience = patience.min(DRAIN_PATIENCE);
+                let deadline = (Instant::now() + patience).min(stall.deadline());
+                stall.as_mut().reset(deadline);
+                continue;
+            }
+            () = &mut stall, if limits.is_some() => {
+                return Err(ProxyError::BodyTimeout { secs: patience.as_secs_f64() });
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| ProxyError::BodyRead(e.into().to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
@@ -90,9 +127,16 @@ where
             drain(body);
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        if !reservation.grow(data.len()) {
+            let budget = limits.map_or(0, |l| l.budget.limit());
+            return Err(ProxyError::ConnectionBudget { limit: budget });
+        }
         chunks.push(data);
+        if limits.is_some() {
+            stall.as_mut().reset(Instant::now() + patience);
+        }
     }
-    Ok(match chunks.len() {
+    let body = match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().unwrap_or_default(),
         _ => {
@@ -100,8 +144,12 @@ where
             chunks.iter().for_each(|c| whole.extend_from_slice(c));
             whole.freeze()
         }
-    })
+    };
+    Ok((body, reservation))
 }
+
+/// A deadline that never comes (a `Sleep` cannot take `Duration::MAX`).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
 /// Reads and discards what is left of a refused body, in the background.
 fn drain<B>(body: B)
@@ -392,14 +440,80 @@ mod tests {
     async fn body_limit_is_413() {
         let mut headers = HeaderMap::new();
         let body = Full::new(Bytes::from(vec![b' '; 100]));
-        let err = read_body(body.clone(), &headers, 10).await.unwrap_err();
+        let err = read_body(body.clone(), &headers, 10, None)
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
         headers.insert(header::CONTENT_LENGTH, "1000".parse().unwrap());
-        let err = read_body(Full::new(Bytes::new()), &headers, 10)
+        let err = read_body(Full::new(Bytes::new()), &headers, 10, None)
             .await
             .unwrap_err();
         assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
         headers.clear();
-        assert_eq!(read_body(body, &headers, 100).await.unwrap().len(), 100);
+        let (read, _held) = read_body(body, &headers, 100, None).await.unwrap();
+        assert_eq!(read.len(), 100);
+    }
+
+    /// A body whose first chunk comes at once and whose second never does.
+    fn stalled_body() -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Send {
+        use futures::StreamExt;
+        let first: Result<_, std::convert::Infallible> =
+            Ok(http_body::Frame::data(Bytes::from_static(b"{\"model\"")));
+        let chunks = futures::stream::iter([first]).chain(futures::stream::pending());
+        http_body_util::StreamBody::new(chunks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_408_after_the_timeout_or_soon_after_the_drain() {
+        use crate::body_limits::BodyBudget;
+        let limits = BodyLimits {
+            timeout: Duration::from_secs(60),
+            budget: BodyBudget::new(1 << 20),
+            drain: tokio_util::sync::CancellationToken::new(),
+        };
+        let headers = HeaderMap::new();
+        let started = Instant::now();
+        let err = read_body(stalled_body(), &headers, 1 << 20, Some(&limits))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::REQUEST_TIMEOUT, "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(limits.budget.held(), 0, "given back");
+
+        let drain = limits.drain.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drain.cancel();
+        });
+        let started = Instant::now();
+        let err = read_body(stalled_body(), &headers, 1 << 20, Some(&limits))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::REQUEST_TIMEOUT, "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5) + DRAIN_PATIENCE);
+    }
+
+    #[tokio::test]
+    async fn bodies_of_one_connection_share_its_budget() {
+        use crate::body_limits::BodyBudget;
+        let limits = BodyLimits {
+            timeout: Duration::from_secs(60),
+            budget: BodyBudget::new(150),
+            drain: tokio_util::sync::CancellationToken::new(),
+        };
+        let headers = HeaderMap::new();
+        let body = || Full::new(Bytes::from(vec![b' '; 100]));
+        let (first, held) = read_body(body(), &headers, 100, Some(&limits))
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 100);
+        let err = read_body(body(), &headers, 100, Some(&limits))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE, "{err}");
+        drop(held);
+        assert!(read_body(body(), &headers, 100, Some(&limits))
+            .await
+            .is_ok());
     }
 }

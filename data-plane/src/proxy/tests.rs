@@ -17,6 +17,14 @@ fn app(require_api_key: bool) -> App {
         require_api_key,
         shutdown_grace: Duration::from_secs(1),
         workers: 1,
+        timeouts: crate::config::Timeouts {
+            header: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            body: Duration::from_secs(1),
+            send: Duration::from_secs(1),
+        },
+        max_connections: 10,
+        connection_body_budget: 2048,
     };
     let upstream = UpstreamConfig {
         connect_timeout: Duration::from_secs(1),

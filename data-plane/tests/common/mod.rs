@@ -272,8 +272,10 @@ pub fn proxy_config(control_plane: &str, extra: &[&str]) -> Config {
         "--listen=127.0.0.1:0".to_owned(),
         format!("--control-plane={control_plane}"),
         "--proxy-id=test-proxy".to_owned(),
-        "--shutdown-grace=5s".to_owned(),
     ];
+    if !extra.iter().any(|a| a.starts_with("--shutdown-grace")) {
+        args.push("--shutdown-grace=5s".to_owned());
+    }
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     Config::try_from(<Cli as clap::Parser>::try_parse_from(args).unwrap()).unwrap()
 }
