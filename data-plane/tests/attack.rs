@@ -458,14 +458,7 @@ async fn more_connections_than_descriptors_leave_the_proxy_serving() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -150,15 +150,7 @@ async fn usage_on_a_chunk_with_a_choice_is_removed_for_a_client_that_did_not_ask
     // A client that asked for usage gets it where the server put it.
     let body = json!({"model": "m", "stream": true, "messages": [],
                       "stream_options": {"include_usage": true}});
-    let text = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::post_text(&client, &format!("{base}/v1/chat/completions"), &body).await;
     assert!(text.contains("\"usage\":{\"prompt_tokens\":8"), "{text}");
 }
 
@@ -166,15 +158,12 @@ async fn usage_on_a_chunk_with_a_choice_is_removed_for_a_client_that_did_not_ask
 async fn a_stream_cut_short_is_a_failure_with_what_it_relayed() {
     let fake = fake(&["truncate:2"], FakeConfig::default()).await;
     let (cp, _proxy, base, client) = proxy_for(&[&fake], &[]).await;
-    let text = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_stream_body())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::post_text(
+        &client,
+        &format!("{base}/v1/chat/completions"),
+        &chat_stream_body(),
+    )
+    .await;
     assert_eq!(text.matches("\"content\":\"tok \"").count(), 2, "{text}");
     let record = one_record(&cp).await;
     assert!(!record.success, "{record:?}");
@@ -193,15 +182,12 @@ async fn a_stream_cut_short_is_a_failure_with_what_it_relayed() {
 async fn lines_split_across_chunks_are_relayed_whole() {
     let fake = fake(&["split-lines", "usage-in-choice"], FakeConfig::default()).await;
     let (cp, _proxy, base, client) = proxy_for(&[&fake], &[]).await;
-    let text = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_stream_body())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::post_text(
+        &client,
+        &format!("{base}/v1/chat/completions"),
+        &chat_stream_body(),
+    )
+    .await;
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     // LiteLLM's usage chunk says nothing without its usage: it is dropped.
     assert_eq!(events.len(), 7, "5 tokens, finish, [DONE]: {text}");
@@ -225,15 +211,12 @@ async fn a_silent_stream_gets_keepalive_comments_between_events() {
     )
     .await;
     let (cp, _proxy, base, client) = proxy_for(&[&fake], &["--sse-keepalive=100ms"]).await;
-    let text = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat_stream_body())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::post_text(
+        &client,
+        &format!("{base}/v1/chat/completions"),
+        &chat_stream_body(),
+    )
+    .await;
     let comments = text.matches(": keep-alive\n\n").count();
     assert!(comments >= 5, "{comments} comments in {text}");
     for (at, _) in text.match_indices(": keep-alive") {
@@ -314,14 +297,7 @@ async fn a_malformed_stream_is_still_a_failure_after_done() {
 
 /// The value of `name{endpoint="id"}` in the proxy's `/metrics`.
 async fn endpoint_metric(client: &reqwest::Client, base: &str, name: &str, id: &str) -> f64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&client, &format!("{base}/metrics")).await;
     let prefix = format!("{name}{{endpoint=\"{id}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -182,14 +182,7 @@ async fn requests_streams_and_one_record_per_attempt() {
     .await;
     assert_eq!(response.status(), 503);
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
     assert!(
         metrics.contains(r#"llmlb_proxy_requests_total{endpoint="e1",model="m",status="200"} 5"#),
         "{metrics}"

@@ -74,14 +74,7 @@ async fn unacked_records_are_resent_after_a_control_plane_restart() {
     })
     .await;
     assert!(proxy.metrics().stats_resent_total() >= 3);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
     assert!(
         metrics.contains("llmlb_proxy_stats_resent_total "),
         "{metrics}"

@@ -309,3 +309,21 @@ pub async fn wait_routable(client: &reqwest::Client, base: &str, model: &str) {
     })
     .await;
 }
+
+/// GET `url`; the body as text (panics on failure: for tests).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// POST `body` as JSON to `url`; the answer's body as text.
+pub async fn post_text(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> String {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
