@@ -297,7 +297,7 @@ async fn a_malformed_stream_is_still_a_failure_after_done() {
 
 /// The value of `name{endpoint="id"}` in the proxy's `/metrics`.
 async fn endpoint_metric(client: &reqwest::Client, base: &str, name: &str, id: &str) -> f64 {
-    let text = common::get_text(&client, &format!("{base}/metrics")).await;
+    let text = common::get_text(client, &format!("{base}/metrics")).await;
     let prefix = format!("{name}{{endpoint=\"{id}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
