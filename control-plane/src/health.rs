@@ -211,7 +211,7 @@ async fn probe_loop(
             }
             Err(error) => tracing::debug!(endpoint_id = %id, %error, "probe failed"),
         }
-        if let Err(error) = registry.record_probe(id, result).await {
+        if let Err(error) = registry.record_probe(id, endpoint.updated_at, result).await {
             tracing::warn!(endpoint_id = %id, %error, "recording a probe failed");
         }
         tokio::time::sleep(config.interval).await;

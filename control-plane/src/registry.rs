@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::db::endpoints::{self as db_endpoints, Counters, EndpointRow, ProbeUpdate};
 use crate::db::Db;
 use crate::events::Events;
-use crate::types::{now_ms, Status};
+use crate::types::{now_ms, Status, UnixMs};
 
 /// Errors of registry operations; mapped to gRPC codes in `grpc::error`.
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +339,9 @@ impl Registry {
             row.status = Status::Pending;
             row.consecutive_failures = 0;
         }
-        row.updated_at = now_ms();
+        // The configuration generation: strictly increasing, so a probe
+        // result of the previous configuration is always told apart.
+        row.updated_at = now_ms().max(row.updated_at + 1);
         let found = db_endpoints::update_config(&self.inner.db.write, &row)
             .await
             .map_err(|e| map_unique(e, &row.name))?;
@@ -378,17 +380,25 @@ impl Registry {
     }
 
     /// Applies a health probe result to the database and the cache. A failed
-    /// probe keeps the last latency (seed US2). Returns the new row, or
-    /// `None` if the endpoint was deleted meanwhile.
+    /// probe keeps the last latency (seed US2). `generation` is the
+    /// `updated_at` of the configuration the probe was made for: a result
+    /// for an older configuration (a probe of the old URL that lands after
+    /// `UpdateEndpoint`) is dropped. Returns the new row, or `None` if the
+    /// endpoint was deleted or changed meanwhile.
     pub async fn record_probe(
         &self,
         id: Uuid,
+        generation: UnixMs,
         result: crate::health::ProbeResult,
     ) -> Result<Option<EndpointRow>, RegistryError> {
         let _guard = self.inner.changes.lock().await;
         let Ok(current) = self.get(id) else {
             return Ok(None);
         };
+        if current.updated_at != generation {
+            tracing::debug!(endpoint_id = %id, "dropping a probe result of an older configuration");
+            return Ok(None);
+        }
         let update = match result {
             Ok((latency_ms, models)) => ProbeUpdate {
                 status: Status::Online,
@@ -493,7 +503,11 @@ mod tests {
             (Ok((95.0, vec!["m".into()])), Status::Online, 95.0),
         ];
         for (result, status, latency) in steps {
-            let row = reg.record_probe(e.id, result).await.unwrap().unwrap();
+            let row = reg
+                .record_probe(e.id, e.updated_at, result)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!((row.status, row.latency_ms), (status, Some(latency)));
             let cached = reg.get(e.id).unwrap();
             let stored = endpoints::load_all(&reg.inner.db.read)
@@ -605,6 +619,43 @@ mod tests {
         assert_eq!(reg.get(e.id).unwrap().name, "a");
     }
 
+    /// A probe made for the old URL that lands after `UpdateEndpoint` is
+    /// dropped: the endpoint stays PENDING, without the old latency and
+    /// models; a probe of the new configuration applies.
+    #[tokio::test]
+    async fn a_probe_of_an_older_configuration_is_dropped() {
+        let (reg, _dir) = registry().await;
+        let e = reg.create(new("a")).await.unwrap();
+        let updated = reg
+            .update(
+                e.id,
+                EndpointChanges {
+                    base_url: Some("http://127.0.0.1:10".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(updated.updated_at > e.updated_at);
+        let stale = reg
+            .record_probe(e.id, e.updated_at, Ok((1.0, vec!["old".into()])))
+            .await
+            .unwrap();
+        assert_eq!(stale, None);
+        let now = reg.get(e.id).unwrap();
+        assert_eq!((now.status, now.latency_ms), (Status::Pending, None));
+        assert!(now.discovered_models.is_empty());
+        let fresh = reg
+            .record_probe(e.id, updated.updated_at, Ok((2.0, vec!["new".into()])))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (fresh.status, fresh.latency_ms),
+            (Status::Online, Some(2.0))
+        );
+    }
+
     #[tokio::test]
     async fn the_cache_is_rebuilt_from_the_database() {
         let (db, _dir) = test_db().await;
@@ -617,7 +668,9 @@ mod tests {
             })
             .await
             .unwrap();
-        reg.record_probe(e.id, Ok((7.5, vec![]))).await.unwrap();
+        reg.record_probe(e.id, e.updated_at, Ok((7.5, vec![])))
+            .await
+            .unwrap();
         let again = Registry::load(db, Events::default()).await.unwrap();
         assert_eq!(again.snapshot(), reg.snapshot());
         assert_eq!(again.get(e.id).unwrap().models(), ["x".to_string()]);

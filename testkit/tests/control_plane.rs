@@ -385,6 +385,39 @@ fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), content);
 }
 
+/// One writer per SQLite file: a second control plane on the file of a
+/// running one exits non-zero with a message naming the file, before it
+/// serves anything; the first keeps running.
+#[tokio::test]
+async fn a_second_control_plane_on_the_same_file_exits_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let first = ControlPlane::start(ControlPlaneOptions::new(path.clone()));
+    let out = std::process::Command::new(process::bin_path("llmlb-control"))
+        .args([
+            "--database",
+            path.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second one must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("another control plane"),
+        "the error names the file: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it never listened"
+    );
+    // The first one is unaffected.
+    overview(&first.grpc_url()).await;
+}
+
 #[test]
 fn bad_flags_exit_64_with_one_line() {
     for args in [
