@@ -1,5 +1,6 @@
-//! Endpoint choice: power of two choices over a peak-EWMA cost (no app
-//! dependencies).
+//! Endpoint choice: power of two choices over a peak-EWMA cost, among the
+//! endpoints whose circuit breaker lets them in ([`crate::breaker`]; no
+//! other app dependencies).
 //!
 //! The cost of an endpoint is `(in-flight + 1) × latency estimate`, as in
 //! tower's `PeakEwma` balancer. The estimate jumps up at once when a sample
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::Rng;
+
+use crate::breaker::Breaker;
 
 /// Latency estimate of an endpoint that has no sample yet.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(500);
@@ -66,13 +69,16 @@ impl PeakEwma {
     }
 }
 
-/// Load of one endpoint: requests in flight and a latency estimate.
+/// Load of one endpoint: requests in flight, a latency estimate and its
+/// circuit breaker.
 #[derive(Debug)]
 pub struct Load {
     /// Requests in flight to the endpoint.
     inflight: AtomicU64,
     /// Latency estimate.
     latency: Mutex<PeakEwma>,
+    /// Out of rotation after failures.
+    pub breaker: Breaker,
 }
 
 impl Load {
@@ -81,6 +87,7 @@ impl Load {
         Self {
             inflight: AtomicU64::new(0),
             latency: Mutex::new(PeakEwma::new(DEFAULT_RTT, DECAY, now)),
+            breaker: Breaker::default(),
         }
     }
 

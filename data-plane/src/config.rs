@@ -77,6 +77,13 @@ pub struct Cli {
     #[arg(long, env = "LLMLB_UPSTREAM_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// While an event stream's upstream is silent, send the client an SSE
+    /// comment (`: keep-alive`) this often, so that intermediaries with idle
+    /// timeouts keep the stream of a model that thinks for minutes; 0 turns
+    /// it off.
+    #[arg(long, env = "LLMLB_SSE_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_keepalive: Duration,
+
     /// Worker threads serving HTTP connections, each with its own event loop
     /// and upstream connection pool [default: the number of CPUs].
     #[arg(long, env = "LLMLB_WORKERS")]
@@ -176,6 +183,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Timeout to response headers, and idle timeout between body chunks.
     pub timeout: Duration,
+    /// Keep-alive comment period of silent event streams (`None`: off).
+    pub sse_keepalive: Option<Duration>,
 }
 
 /// Stats buffering.
@@ -254,6 +263,7 @@ impl TryFrom<Cli> for Config {
             upstream: UpstreamConfig {
                 connect_timeout: cli.upstream_connect_timeout,
                 timeout: cli.upstream_timeout,
+                sse_keepalive: Some(cli.sse_keepalive).filter(|d| !d.is_zero()),
             },
             stats: StatsConfig {
                 buffer: cli.stats_buffer,

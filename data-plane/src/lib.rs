@@ -14,9 +14,11 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod json;
 pub mod loads;
 pub mod metrics;
 pub mod proxy;

@@ -73,6 +73,16 @@ impl Loads {
             .collect()
     }
 
+    /// Cool-down left of every known endpoint at `now`.
+    pub fn cooldowns(&self, now: Instant) -> Vec<(String, std::time::Duration)> {
+        self.inner
+            .by_endpoint
+            .read()
+            .iter()
+            .map(|(id, load)| (id.clone(), load.breaker.cooldown_left(now)))
+            .collect()
+    }
+
     /// Resolves after an in-flight count changed (a change made while
     /// nobody waits is remembered once).
     pub async fn changed(&self) {

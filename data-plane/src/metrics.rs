@@ -71,6 +71,10 @@ struct Inner {
     table_age: Gauge<f64, AtomicU64>,
     /// When the routing table in use arrived.
     table_received: Mutex<Option<Instant>>,
+    /// Seconds of cool-down left per endpoint (see `crate::breaker`).
+    cooldown: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Cool-downs started per endpoint.
+    cooldowns: Family<EndpointLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,8 @@ impl Metrics {
         let stats_dropped = Counter::default();
         let table_version = Gauge::default();
         let table_age = Gauge::<f64, AtomicU64>::default();
+        let cooldown = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        let cooldowns = Family::<EndpointLabels, Counter>::default();
         registry.register(
             "llmlb_proxy_requests",
             "Upstream attempts by endpoint id, model and upstream status (error: no response), and requests the proxy answered itself (endpoint=\"\")",
@@ -137,6 +143,16 @@ impl Metrics {
             "Seconds since the routing table in use arrived",
             table_age.clone(),
         );
+        registry.register(
+            "llmlb_proxy_endpoint_cooldown_seconds",
+            "Seconds before an endpoint that failed returns to rotation (0: in rotation)",
+            cooldown.clone(),
+        );
+        registry.register(
+            "llmlb_proxy_endpoint_cooldowns",
+            "Cool-downs started by endpoint id: failed attempts through the endpoint's fault (5xx, 429, connect error, timeout, broken body)",
+            cooldowns.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -150,6 +166,8 @@ impl Metrics {
                 table_version,
                 table_age,
                 table_received: Mutex::new(None),
+                cooldown,
+                cooldowns,
             }),
         }
     }
@@ -240,6 +258,29 @@ impl Metrics {
             .table_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         *self.inner.table_received.lock() = Some(received);
+    }
+
+    /// An endpoint failed and starts a cool-down.
+    pub fn cooldown_started(&self, endpoint_id: &str) {
+        self.inner
+            .cooldowns
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint_id.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the cool-down left of every endpoint (before encoding).
+    pub fn set_cooldowns<'a>(&self, left: impl IntoIterator<Item = (&'a str, Duration)>) {
+        self.inner.cooldown.clear();
+        for (endpoint_id, left) in left {
+            self.inner
+                .cooldown
+                .get_or_create(&EndpointLabels {
+                    endpoint: endpoint_id.to_owned(),
+                })
+                .set(left.as_secs_f64());
+        }
     }
 
     /// Encodes every metric as OpenMetrics text.

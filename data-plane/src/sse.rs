@@ -2,9 +2,9 @@
 //!
 //! Fed with the chunks of an upstream body as they arrive, split at any
 //! byte, it finds complete events (separated by a blank line: `\n\n` or
-//! `\r\n\r\n`), reads their `data:` lines, notes `[DONE]`, counts events
-//! whose data is not JSON, and keeps the last token usage found (see
-//! [`crate::usage`]).
+//! `\r\n\r\n`), reads their `data:` lines, notes the stream's terminal event,
+//! counts events whose data is not JSON, and keeps the last token usage found
+//! (see [`crate::usage`]).
 //!
 //! Two modes:
 //!
@@ -12,45 +12,71 @@
 //!   they are and the scanner reads a copy, keeping only the current partial
 //!   line;
 //! - **strip** ([`SseScanner::filter`]): the scanner returns the bytes to
-//!   forward, made only of complete events, without the usage-only chunk of a
-//!   chat/completions stream (`"choices":[]` with `usage`); it holds the
-//!   partial tail until the rest arrives, and [`SseScanner::finish`] hands it
-//!   over at the end of the stream.
+//!   forward, made only of complete events, with the `usage` the proxy asked
+//!   for removed wherever it appears (see [`usage::strip`]); it holds the
+//!   partial event until the rest arrives, and [`SseScanner::finish`] hands
+//!   it over at the end of the stream.
+//!
+//! The terminal event ([`Terminal`]) is `data: [DONE]` for chat/completions
+//! and completions, and `response.completed`, `response.incomplete`,
+//! `response.failed` or `error` for the Responses API (named by the `event:`
+//! field or by the data's `type`).
+//!
+//! Cost: the newline search resumes where the previous one stopped, so a long
+//! line is read once however it is split; an event larger than the limit
+//! given to [`SseScanner::new`] stops the scan ([`SseScanner::oversized`]),
+//! which bounds both memory and CPU per stream.
 //!
 //! Lines ending with a lone `\r` (allowed by the SSE spec, never sent by
 //! OpenAI-compatible servers) are not recognised as line ends.
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem;
 
-use crate::usage::{self, Usage};
+use crate::usage::{self, Strip, Usage};
 
-/// A partial line or event longer than this is not scanned (it is still
-/// forwarded): it bounds the memory one stream can hold.
-const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// Default limit on one event's size, bytes.
+pub const MAX_EVENT: usize = 8 * 1024 * 1024;
+
+/// How a stream ended, by its terminal event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// `data: [DONE]`, `response.completed` or `response.incomplete`.
+    Complete,
+    /// `response.failed` or an `error` event: the server gave up.
+    Failed,
+}
 
 /// Incremental SSE scanner. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseScanner {
-    /// Drop the usage-only chunk and forward complete events only.
+    /// Remove the usage the proxy asked for and forward complete events only.
     strip: bool,
+    /// Largest event read, bytes.
+    max_event: usize,
     /// Bytes not released yet: the partial event (strip) or line (observe).
     buf: BytesMut,
     /// Offset in `buf` of the first byte of the current, incomplete line.
     line_start: usize,
-    /// `buf` starts in the middle of a line whose head was already released.
-    mid_line: bool,
+    /// Offset in `buf` up to which there is no newline after `line_start`.
+    searched: usize,
     /// The current event being read.
     event: EventState,
     /// Last usage seen.
     usage: Option<Usage>,
-    /// A `data: [DONE]` event was seen.
-    done: bool,
+    /// The terminal event, once seen.
+    terminal: Option<Terminal>,
     /// Complete events seen.
     events: u64,
-    /// Usage-only chunks dropped.
+    /// Events dropped or rewritten to remove usage.
     stripped: u64,
     /// Events whose data is neither JSON nor `[DONE]`.
     malformed: u64,
+    /// An event outgrew `max_event`: the scan stopped.
+    oversized: bool,
+    /// Bytes searched for a newline so far (each byte once: see the module
+    /// documentation).
+    searched_bytes: u64,
 }
 
 /// The event being read.
@@ -62,18 +88,20 @@ struct EventState {
     has_data: bool,
     /// At least one line was read.
     started: bool,
-    /// Outgrew [`MAX_PENDING`]: no longer read, forwarded as it comes.
-    overflowed: bool,
+    /// The event has an `event:` field.
+    named: bool,
+    /// The `event:` field names a terminal event.
+    terminal: Option<Terminal>,
+    /// Bytes of the lines read so far.
+    size: usize,
 }
 
 impl EventState {
     /// Reads one non-empty line.
     fn line(&mut self, line: &[u8]) {
         self.started = true;
-        if self.overflowed {
-            return;
-        }
-        let (field, value) = match memchr(b':', line) {
+        self.size += line.len() + 1;
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => return, // comment
             Some(at) => {
                 let value = &line[at + 1..];
@@ -81,12 +109,19 @@ impl EventState {
             }
             None => (line, &b""[..]),
         };
-        if field == b"data" {
-            if self.has_data {
-                self.data.push(b'\n');
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.has_data = true;
+                self.data.extend_from_slice(value);
             }
-            self.has_data = true;
-            self.data.extend_from_slice(value);
+            b"event" => {
+                self.named = true;
+                self.terminal = terminal_name(value);
+            }
+            _ => {}
         }
     }
 
@@ -94,25 +129,88 @@ impl EventState {
         self.data.clear();
         self.has_data = false;
         self.started = false;
-        self.overflowed = false;
+        self.named = false;
+        self.terminal = None;
+        self.size = 0;
     }
 }
 
-impl SseScanner {
-    /// A scanner that reads a copy of the stream.
-    pub fn observer() -> Self {
-        Self::default()
+/// The terminal events of the Responses API, by name.
+fn terminal_name(name: &[u8]) -> Option<Terminal> {
+    match name.trim_ascii() {
+        b"response.completed" | b"response.incomplete" => Some(Terminal::Complete),
+        b"response.failed" | b"error" => Some(Terminal::Failed),
+        _ => None,
     }
+}
 
-    /// A scanner that drops the usage-only chunk from the stream it returns.
-    pub fn stripper() -> Self {
+/// The terminal event named by an event's data: a Responses API `type`, for
+/// servers that send no `event:` field, or a top-level `error` member (how
+/// vLLM and SGLang report a failure in the middle of a chat stream). Only
+/// data that mentions one of those names is parsed.
+fn terminal_type(data: &[u8]) -> Option<Terminal> {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        error: Option<serde::de::IgnoredAny>,
+    }
+    const NAMES: [&[u8]; 4] = [
+        b"response.completed",
+        b"response.incomplete",
+        b"response.failed",
+        b"\"error\"",
+    ];
+    let mentions = NAMES.iter().any(|name| memmem::find(data, name).is_some());
+    if !mentions {
+        return None;
+    }
+    let typed: Typed<'_> = serde_json::from_slice(data).ok()?;
+    if typed.error.is_some() {
+        return Some(Terminal::Failed);
+    }
+    terminal_name(typed.kind?.as_bytes())
+}
+
+/// What to do with a complete event.
+enum Verdict {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+impl SseScanner {
+    /// A scanner; `strip` removes the usage the proxy asked for, and events
+    /// larger than `max_event` bytes stop the scan.
+    pub fn new(strip: bool, max_event: usize) -> Self {
         Self {
-            strip: true,
-            ..Self::default()
+            strip,
+            max_event,
+            buf: BytesMut::new(),
+            line_start: 0,
+            searched: 0,
+            event: EventState::default(),
+            usage: None,
+            terminal: None,
+            events: 0,
+            stripped: 0,
+            malformed: 0,
+            oversized: false,
+            searched_bytes: 0,
         }
     }
 
-    /// Whether this scanner strips the usage-only chunk.
+    /// A scanner that reads a copy of the stream.
+    pub fn observer() -> Self {
+        Self::new(false, MAX_EVENT)
+    }
+
+    /// A scanner that removes the usage the proxy asked for.
+    pub fn stripper() -> Self {
+        Self::new(true, MAX_EVENT)
+    }
+
+    /// Whether this scanner removes usage.
     pub fn strips(&self) -> bool {
         self.strip
     }
@@ -122,9 +220,14 @@ impl SseScanner {
         self.usage
     }
 
-    /// Whether a `data: [DONE]` event went by.
+    /// The stream's terminal event, once it went by.
+    pub fn terminal(&self) -> Option<Terminal> {
+        self.terminal
+    }
+
+    /// Whether a `data: [DONE]` (or another terminal event) went by.
     pub fn saw_done(&self) -> bool {
-        self.done
+        self.terminal.is_some()
     }
 
     /// Complete events seen so far.
@@ -132,21 +235,40 @@ impl SseScanner {
         self.events
     }
 
-    /// Usage-only chunks dropped so far.
+    /// Events dropped or rewritten to remove usage, so far.
     pub fn stripped(&self) -> u64 {
         self.stripped
     }
 
-    /// Events so far whose `data:` is neither valid JSON nor `[DONE]`
-    /// (events with no or empty data, such as keep-alive comments, are not
-    /// counted).
+    /// Events so far whose `data:` is neither valid JSON (in UTF-8) nor
+    /// `[DONE]` (events with no or empty data, such as keep-alive comments,
+    /// are not counted).
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// An event outgrew the limit; nothing more is read.
+    pub fn oversized(&self) -> bool {
+        self.oversized
+    }
+
+    /// Bytes searched for line ends so far.
+    pub fn searched_bytes(&self) -> u64 {
+        self.searched_bytes
+    }
+
+    /// Whether what was forwarded so far ends at an event boundary, so that
+    /// a comment line can go next without changing any event.
+    pub fn at_boundary(&self) -> bool {
+        self.strip || (self.buf.is_empty() && !self.event.started)
     }
 
     /// Observe mode: reads a chunk that the caller forwards itself.
     pub fn observe(&mut self, chunk: &[u8]) {
         debug_assert!(!self.strip, "observe() on a stripping scanner");
+        if self.oversized {
+            return;
+        }
         self.buf.extend_from_slice(chunk);
         self.scan(&mut Out::Discard);
     }
@@ -154,6 +276,9 @@ impl SseScanner {
     /// Strip mode: takes a chunk and returns the bytes to forward now.
     pub fn filter(&mut self, chunk: &[u8]) -> Bytes {
         debug_assert!(self.strip, "filter() on an observing scanner");
+        if self.oversized {
+            return Bytes::new();
+        }
         self.buf.extend_from_slice(chunk);
         let mut out = Out::Keep(Vec::new());
         self.scan(&mut out);
@@ -161,28 +286,31 @@ impl SseScanner {
     }
 
     /// End of stream: reads what is held and returns it (strip mode; an
-    /// event without its final blank line is forwarded as it is, unless it
-    /// is the usage-only chunk).
+    /// event without its final blank line is forwarded as it is, unless its
+    /// verdict drops it).
     pub fn finish(&mut self) -> Bytes {
-        if self.line_start < self.buf.len() && !self.mid_line {
-            let (event, buf) = (&mut self.event, &self.buf);
-            let mut line = &buf[self.line_start..];
+        if self.oversized {
+            return Bytes::new();
+        }
+        if self.line_start < self.buf.len() {
+            let mut line = &self.buf[self.line_start..];
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
-            event.line(line);
+            self.event.line(line);
         }
-        let keep = if self.event.started && !self.event.overflowed {
+        let verdict = if self.event.started {
             self.event_verdict()
         } else {
-            true
+            Verdict::Keep
         };
         self.event.reset();
-        self.line_start = 0;
-        self.mid_line = false;
-        let tail = self.buf.split().freeze();
-        if self.strip && keep {
-            tail
+        self.line_start = self.buf.len();
+        let mut out = Out::Keep(Vec::new());
+        self.release(&mut out, verdict);
+        self.searched = 0;
+        if self.strip {
+            out.into_bytes()
         } else {
             Bytes::new()
         }
@@ -190,93 +318,135 @@ impl SseScanner {
 
     /// Processes every complete line in `buf`, releasing bytes to `out`.
     fn scan(&mut self, out: &mut Out) {
-        while let Some(nl) = memchr(b'\n', &self.buf[self.line_start..]) {
-            let end = self.line_start + nl;
+        loop {
+            let from = self.searched.max(self.line_start);
+            let Some(nl) = memchr::memchr(b'\n', &self.buf[from..]) else {
+                self.searched_bytes += (self.buf.len() - from) as u64;
+                self.searched = self.buf.len();
+                break;
+            };
+            self.searched_bytes += nl as u64 + 1;
+            let end = from + nl;
             let mut line_end = end;
             if line_end > self.line_start && self.buf[line_end - 1] == b'\r' {
                 line_end -= 1;
             }
-            let blank = line_end == self.line_start && !self.mid_line;
+            let blank = line_end == self.line_start;
+            let line_start = self.line_start;
+            self.line_start = end + 1;
+            self.searched = end + 1;
             if !blank {
-                let skip = self.mid_line;
-                self.mid_line = false;
-                if skip {
-                    self.event.started = true;
-                } else {
-                    let (event, buf) = (&mut self.event, &self.buf);
-                    event.line(&buf[self.line_start..line_end]);
-                }
-                self.line_start = end + 1;
+                let (event, buf) = (&mut self.event, &self.buf);
+                event.line(&buf[line_start..line_end]);
                 if !self.strip {
-                    self.release(out, true);
+                    self.release(out, Verdict::Keep);
+                }
+                if self.event.size > self.max_event {
+                    self.oversized = true;
+                    return;
                 }
                 continue;
             }
-            self.line_start = end + 1;
-            let keep = if self.event.started && !self.event.overflowed {
+            let verdict = if self.event.started {
                 self.event_verdict()
             } else {
-                true
+                Verdict::Keep
             };
             self.event.reset();
-            self.release(out, keep);
+            self.release(out, verdict);
         }
-        let held = if self.strip {
-            self.buf.len()
-        } else {
-            self.buf.len() - self.line_start
-        };
-        if held > MAX_PENDING {
-            // Too big to read: forward what is held and stop reading this
-            // event; its end is still found by the next blank line.
-            self.event.overflowed = true;
-            self.event.started = true;
-            self.event.data = Vec::new();
-            self.mid_line = self.line_start < self.buf.len();
-            self.line_start = 0;
-            let released = self.buf.split();
-            out.push(released);
+        let pending = self.event.size + (self.buf.len() - self.line_start);
+        if pending > self.max_event {
+            self.oversized = true;
         }
     }
 
-    /// Releases `buf[..line_start]`: to `out` if `keep`, else dropped.
-    fn release(&mut self, out: &mut Out, keep: bool) {
+    /// Releases `buf[..line_start]` as `verdict` says.
+    fn release(&mut self, out: &mut Out, verdict: Verdict) {
         let released = self.buf.split_to(self.line_start);
+        self.searched -= self.line_start.min(self.searched);
         self.line_start = 0;
-        if keep {
-            out.push(released);
+        match verdict {
+            Verdict::Keep => out.push(released),
+            Verdict::Drop => {}
+            Verdict::Replace(data) => out.push(replace_data(&released, &data)),
         }
     }
 
-    /// A complete event: note what it says; `false` to drop it.
-    fn event_verdict(&mut self) -> bool {
+    /// A complete event: note what it says, and what to do with it.
+    fn event_verdict(&mut self) -> Verdict {
         self.events += 1;
         let data = self.event.data.trim_ascii();
         if data == b"[DONE]" {
-            self.done = true;
-            return true;
+            self.terminal.get_or_insert(Terminal::Complete);
+            return Verdict::Keep;
         }
-        if !usage::mentions_usage(data) {
-            if !data.is_empty() && !usage::is_json(data) {
-                self.malformed += 1;
-            }
-            return true;
-        }
-        let Some(info) = usage::parse(data) else {
-            if !usage::is_json(data) {
-                self.malformed += 1;
-            }
-            return true;
+        let terminal = if self.event.named {
+            self.event.terminal
+        } else {
+            terminal_type(data)
         };
-        if let Some(found) = info.usage {
-            self.usage = Some(found);
+        if let Some(terminal) = terminal {
+            self.terminal.get_or_insert(terminal);
         }
-        if self.strip && info.usage_only_chunk {
-            self.stripped += 1;
-            return false;
+        if data.is_empty() {
+            return Verdict::Keep;
         }
-        true
+        if usage::mentions_usage(data) {
+            match usage::parse(data) {
+                Some(info) => {
+                    if let Some(found) = info.usage {
+                        self.usage = Some(found);
+                    }
+                }
+                None if !usage::is_json(data) => self.malformed += 1,
+                None => {}
+            }
+        } else if !usage::is_json(data) {
+            self.malformed += 1;
+        }
+        if !self.strip || !usage::mentions_usage_key(data) {
+            return Verdict::Keep;
+        }
+        match usage::strip(data) {
+            Strip::Keep => Verdict::Keep,
+            Strip::Drop => {
+                self.stripped += 1;
+                Verdict::Drop
+            }
+            Strip::Rewrite(data) => {
+                self.stripped += 1;
+                Verdict::Replace(data)
+            }
+        }
     }
+}
+
+/// The event `raw` (its lines and final blank line) with its `data:` lines
+/// replaced by one line carrying `data`; every other line is kept.
+fn replace_data(raw: &[u8], data: &[u8]) -> BytesMut {
+    let crlf = raw.ends_with(b"\r\n");
+    let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+    let mut out = BytesMut::with_capacity(raw.len());
+    let mut wrote_data = false;
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let is_data = line == b"data" || line.starts_with(b"data:");
+        if !is_data {
+            out.extend_from_slice(line);
+            out.extend_from_slice(eol);
+        } else if !wrote_data {
+            wrote_data = true;
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data);
+            out.extend_from_slice(eol);
+        }
+    }
+    out.extend_from_slice(eol);
+    out
 }
 
 /// Where released bytes go.
@@ -310,10 +480,6 @@ impl Out {
             }
         }
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -4,15 +4,18 @@
 use super::*;
 use proptest::prelude::*;
 
+/// A chat stream; `with_usage`: as OpenAI sends it when asked for usage
+/// (`"usage":null` on every chunk, then the usage-only chunk).
 fn chat_stream(sep: &str, with_usage: bool) -> Vec<u8> {
+    let null = if with_usage { ",\"usage\":null" } else { "" };
     let mut s = String::new();
     for (i, word) in ["Hel", "lo", " wor", "ld"].iter().enumerate() {
         s.push_str(&format!(
-            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}],\"usage\":null,\"n\":{i}}}{sep}{sep}"
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]{null},\"n\":{i}}}{sep}{sep}"
         ));
     }
     s.push_str(&format!(
-        "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":null}}{sep}{sep}"
+        "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]{null}}}{sep}{sep}"
     ));
     if with_usage {
         s.push_str(&format!(
@@ -86,9 +89,9 @@ fn strips_the_usage_chunk_and_keeps_the_rest() {
             })
         );
         assert!(scanner.saw_done());
-        assert_eq!(scanner.stripped(), 1);
+        assert_eq!(scanner.stripped(), 6, "5 nulls and the usage-only chunk");
         let text = String::from_utf8(out).unwrap();
-        assert!(!text.contains("\"choices\":[]"));
+        assert!(!text.contains("\"choices\":[]") && !text.contains("usage"));
         assert_eq!(text.matches("\"content\"").count(), 4);
         assert!(text.ends_with(&format!("data: [DONE]{sep}{sep}")));
     }
@@ -105,7 +108,7 @@ fn observe_reads_usage_of_responses_stream() {
         })
     );
     assert_eq!(scanner.events(), 3);
-    assert!(!scanner.saw_done());
+    assert_eq!(scanner.terminal(), Some(Terminal::Complete));
 }
 
 #[test]
@@ -134,18 +137,145 @@ fn unterminated_last_event_still_counts() {
 }
 
 #[test]
-fn oversized_event_is_forwarded_unread() {
-    let mut big = b"data: ".to_vec();
-    big.extend(std::iter::repeat_n(b'a', MAX_PENDING + 10));
-    big.extend_from_slice(b"\r");
-    let mut scanner = SseScanner::stripper();
-    let mut out = scanner.filter(&big).to_vec();
-    out.extend_from_slice(&scanner.filter(b"\n\r\ndata: [DONE]\n\n"));
-    out.extend_from_slice(&scanner.finish());
-    let mut expected = big.clone();
-    expected.extend_from_slice(b"\n\r\ndata: [DONE]\n\n");
-    assert_eq!(out, expected);
-    assert!(scanner.saw_done());
+fn an_oversized_event_stops_the_scan() {
+    for strip in [false, true] {
+        let mut scanner = SseScanner::new(strip, 1000);
+        let mut out = scanner_feed(&mut scanner, b"data: {\"choices\":[]}\n\n");
+        assert!(!scanner.oversized());
+        let big = [b'a'; 600];
+        out.extend(scanner_feed(&mut scanner, b"data: "));
+        out.extend(scanner_feed(&mut scanner, &big));
+        assert!(!scanner.oversized(), "a partial line under the limit");
+        out.extend(scanner_feed(&mut scanner, &big));
+        assert!(scanner.oversized(), "strip {strip}");
+        out.extend(scanner_feed(&mut scanner, b"\n\ndata: [DONE]\n\n"));
+        assert_eq!(scanner.terminal(), None, "nothing is read past the limit");
+        if strip {
+            assert_eq!(out, b"data: {\"choices\":[]}\n\n");
+        }
+    }
+    // Many lines of one event count together.
+    let mut scanner = SseScanner::new(false, 1000);
+    for _ in 0..20 {
+        scanner.observe(&[b"data: ".as_slice(), &[b'1'; 60], b"\n"].concat());
+    }
+    assert!(scanner.oversized());
+}
+
+fn scanner_feed(scanner: &mut SseScanner, chunk: &[u8]) -> Vec<u8> {
+    if scanner.strips() {
+        scanner.filter(chunk).to_vec()
+    } else {
+        scanner.observe(chunk);
+        chunk.to_vec()
+    }
+}
+
+#[test]
+fn a_long_line_is_searched_once_however_it_is_split() {
+    // 1 MiB in one line, arriving 4 KiB at a time: each byte is searched
+    // for a line end once (the old scanner searched the pending line from
+    // its start on every chunk: 128 MiB here).
+    for strip in [false, true] {
+        let mut scanner = SseScanner::new(strip, MAX_EVENT);
+        let line = [b"data: \"".as_slice(), &vec![b'x'; 1 << 20], b"\"\n\n"].concat();
+        for chunk in line.chunks(4096) {
+            scanner_feed(&mut scanner, chunk);
+        }
+        assert_eq!(scanner.events(), 1);
+        assert!(
+            scanner.searched_bytes() <= line.len() as u64,
+            "searched {} bytes of {}",
+            scanner.searched_bytes(),
+            line.len()
+        );
+    }
+}
+
+#[test]
+fn usage_on_a_chunk_with_a_choice_is_removed_and_the_chunk_kept() {
+    // LiteLLM puts the usage the proxy asked for on a chunk with a choice.
+    let stream = concat!(
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],",
+        "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    for sep in ["\n", "\r\n"] {
+        let stream = stream.replace('\n', sep);
+        let (out, scanner) = strip_all(&[stream.as_bytes()]);
+        let expected = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .replace('\n', sep);
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(scanner.usage().map(|u| u.output_tokens), Some(1));
+        assert_eq!(scanner.stripped(), 1);
+    }
+}
+
+#[test]
+fn terminal_events_of_each_api() {
+    let observe = |s: &str| observe_all(&[s.as_bytes()]).terminal();
+    assert_eq!(
+        observe("data: {\"choices\":[]}\n\ndata: [DONE]\n\n"),
+        Some(Terminal::Complete)
+    );
+    assert_eq!(
+        observe("data: {\"choices\":[{\"finish_reason\":\"stop\"}]}\n\n"),
+        None
+    );
+    // Responses API, named by the event field or, without one, by type.
+    assert_eq!(
+        observe("event: response.incomplete\ndata: {}\n\n"),
+        Some(Terminal::Complete)
+    );
+    assert_eq!(
+        observe("event: response.failed\ndata: {}\n\n"),
+        Some(Terminal::Failed)
+    );
+    assert_eq!(
+        observe("event: error\ndata: {}\n\n"),
+        Some(Terminal::Failed)
+    );
+    assert_eq!(
+        observe("data: {\"type\":\"response.completed\",\"response\":{}}\n\n"),
+        Some(Terminal::Complete)
+    );
+    assert_eq!(
+        observe("event: response.output_text.delta\ndata: {\"delta\":\"response.completed\"}\n\n"),
+        None
+    );
+    // An error in the middle of a chat stream, then [DONE]: the first wins.
+    assert_eq!(
+        observe("data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n"),
+        Some(Terminal::Failed)
+    );
+    assert_eq!(observe("data: {\"error\":null,\"choices\":[]}\n\n"), None);
+}
+
+#[test]
+fn a_comment_fits_only_between_events() {
+    let mut scanner = SseScanner::observer();
+    assert!(scanner.at_boundary());
+    scanner.observe(b"data: {}\n");
+    assert!(!scanner.at_boundary(), "inside an event");
+    scanner.observe(b"\ndata: {");
+    assert!(!scanner.at_boundary(), "inside a line");
+    scanner.observe(b"}\n\n");
+    assert!(scanner.at_boundary());
+    let mut stripper = SseScanner::stripper();
+    stripper.filter(b"data: {");
+    assert!(stripper.at_boundary(), "partial events are held back");
+}
+
+#[test]
+fn data_that_is_not_utf8_is_malformed() {
+    assert_eq!(observe_all(&[b"data: {\"x\":\"\xff\"}\n\n"]).malformed(), 1);
+    let usage = b"data: {\"x\":\"\xff\",\"usage\":{\"prompt_tokens\":1}}\n\n";
+    assert_eq!(observe_all(&[usage]).malformed(), 1);
 }
 
 #[test]

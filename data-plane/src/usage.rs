@@ -13,6 +13,8 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use crate::json::{push_key, Members};
+
 /// Tokens consumed by one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -64,6 +66,8 @@ struct Envelope {
 /// Reads the usage of one JSON document; `None` if it is not a JSON object
 /// of a known shape.
 pub fn parse(document: &[u8]) -> Option<UsageInfo> {
+    // serde_json does not check the UTF-8 of strings it skips.
+    std::str::from_utf8(document).ok()?;
     let envelope: Envelope = serde_json::from_slice(document).ok()?;
     let top = envelope.usage.as_ref().map(RawUsage::usage);
     let nested = envelope
@@ -78,9 +82,15 @@ pub fn parse(document: &[u8]) -> Option<UsageInfo> {
     })
 }
 
-/// Whether `document` is one valid JSON value (read without building it).
+/// Whether `document` is one valid JSON value in UTF-8 (read without
+/// building it; serde_json does not check the UTF-8 of strings it skips).
 pub fn is_json(document: &[u8]) -> bool {
-    serde_json::from_slice::<IgnoredAny>(document).is_ok()
+    std::str::from_utf8(document).is_ok() && serde_json::from_slice::<IgnoredAny>(document).is_ok()
+}
+
+/// Cheap pre-filter: does the document mention a `"usage"` key at all?
+pub fn mentions_usage_key(document: &[u8]) -> bool {
+    find(document, b"\"usage\"").is_some()
 }
 
 /// Cheap pre-filter: does the document have a `"usage"` key whose value is
@@ -104,12 +114,136 @@ pub fn mentions_usage(document: &[u8]) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
+}
+
+/// What to do with one event of a stream whose usage the proxy asked for and
+/// the client did not.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Strip {
+    /// The event carries no usage: forward it as it is.
+    Keep,
+    /// The event exists only for its usage (`choices` empty or absent): drop it.
+    Drop,
+    /// Forward this document instead: the same members in the same order,
+    /// each value byte for byte, without `usage`.
+    Rewrite(Vec<u8>),
+}
+
+/// Removes the `usage` member of one event's JSON data, wherever the server
+/// put it: OpenAI sends it on a chunk of its own (`"choices":[]`) and
+/// `"usage":null` on every other chunk, LiteLLM on a chunk that also
+/// carries a choice. The client did not ask, so it sees none of them.
+pub fn strip(document: &[u8]) -> Strip {
+    let Ok(members) = serde_json::from_slice::<Members<'_>>(document) else {
+        return Strip::Keep;
+    };
+    if members.get("usage").is_none() {
+        return Strip::Keep;
+    }
+    let no_choices = members.get("choices").is_none_or(|c| {
+        c.strip_prefix('[')
+            .and_then(|c| c.strip_suffix(']'))
+            .is_some_and(|inner| inner.trim().is_empty())
+    });
+    if no_choices {
+        return Strip::Drop;
+    }
+    let mut out = Vec::with_capacity(document.len());
+    out.push(b'{');
+    for (key, value) in members.0.iter().filter(|(k, _)| k.0 != "usage") {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        push_key(&mut out, &key.0);
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Strip::Rewrite(out)
+}
+
+/// The usage of a document too large to keep whole, from its last bytes:
+/// the last `"usage"` member whose value is an object. OpenAI-compatible
+/// servers put `usage` at the end of chat, completions, embeddings and
+/// responses bodies. Inside a JSON string every quote is escaped, so the
+/// bytes `"usage"` followed by `:` can only be a member name.
+pub fn find_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let finder = memchr::memmem::FinderRev::new(KEY);
+    let mut end = tail.len();
+    while let Some(at) = finder.rfind(&tail[..end]) {
+        end = at;
+        let rest = &tail[at + KEY.len()..];
+        let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if rest[colon] != b':' {
+            continue;
+        }
+        let value = &rest[colon + 1..];
+        let Some(open) = value.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if value[open] != b'{' {
+            continue;
+        }
+        let mut values =
+            serde_json::Deserializer::from_slice(&value[open..]).into_iter::<RawUsage>();
+        if let Some(Ok(raw)) = values.next() {
+            return Some(raw.usage());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_drops_usage_only_chunks_and_rewrites_the_others() {
+        let openai =
+            br#"{"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
+        assert_eq!(strip(openai), Strip::Drop);
+        let bare = br#"{"id":"c","usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
+        assert_eq!(strip(bare), Strip::Drop);
+        // LiteLLM: usage on a chunk that also carries a choice.
+        let litellm = br#"{"id":"c","choices":[{"index":0,"delta":{}}],"x":1.10,"usage":{"prompt_tokens":5},"model":"m"}"#;
+        let Strip::Rewrite(out) = strip(litellm) else {
+            panic!("not rewritten")
+        };
+        assert_eq!(
+            out,
+            br#"{"id":"c","choices":[{"index":0,"delta":{}}],"x":1.10,"model":"m"}"#
+        );
+        let null = br#"{"id":"c","choices":[{"index":0}],"usage":null}"#;
+        assert_eq!(
+            strip(null),
+            Strip::Rewrite(br#"{"id":"c","choices":[{"index":0}]}"#.to_vec())
+        );
+        for keep in [&br#"{"id":"c","choices":[{"index":0}]}"#[..], b"not json"] {
+            assert_eq!(strip(keep), Strip::Keep);
+        }
+    }
+
+    #[test]
+    fn usage_is_found_in_the_tail_of_a_large_document() {
+        let tail = br#"0.5,0.25]}],"model":"m","usage" : {"prompt_tokens":12,"total_tokens":12}}"#;
+        assert_eq!(
+            find_in_tail(tail),
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 0
+            })
+        );
+        // A quoted "usage" inside a string is escaped, and a string value
+        // "usage" is not followed by a colon.
+        let decoys =
+            br#"{"content":"say "usage": {1}","x":"usage","usage":{"completion_tokens":3}}"#;
+        assert_eq!(find_in_tail(decoys).map(|u| u.output_tokens), Some(3));
+        assert_eq!(find_in_tail(br#"{"a":"usage"}"#), None);
+        assert_eq!(find_in_tail(br#"sage":{"prompt_tokens":1}}"#), None);
+    }
 
     #[test]
     fn chat_completion_usage() {

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use crate::config::Habits;
+
 /// The body of every response the fake sends.
 pub(crate) enum FakeBody {
     /// A complete body, sent as one frame with a `content-length`.
@@ -36,6 +38,13 @@ pub(crate) struct SseBody {
     /// the token rate does not drift with scheduling delays.
     sleep: Option<Pin<Box<Sleep>>>,
     tail: std::vec::IntoIter<Bytes>,
+    /// Send every frame as two, split in the middle (habit `split-lines`).
+    split: bool,
+    /// Second half of a split frame, sent next.
+    rest: Option<Bytes>,
+    /// Pause between the last frame and the end of the body (habit `late-eof`).
+    late_eof: Option<Pin<Box<Sleep>>>,
+    late_eof_after: Option<Duration>,
 }
 
 impl SseBody {
@@ -53,10 +62,54 @@ impl SseBody {
             interval,
             sleep: None,
             tail: tail.into_iter(),
+            split: false,
+            rest: None,
+            late_eof: None,
+            late_eof_after: None,
         }
     }
 
+    /// Applies the stream habits of `habits` (`split-lines`, `late-eof`).
+    pub(crate) fn with_habits(mut self, habits: &Habits) -> Self {
+        self.split = habits.split_lines;
+        self.late_eof_after = habits.late_eof;
+        self
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(rest) = self.rest.take() {
+            return Poll::Ready(Some(rest));
+        }
+        let next = ready!(self.poll_frame_bytes(cx));
+        match next {
+            Some(mut frame) if self.split && frame.len() > 1 => {
+                self.rest = Some(frame.split_off(frame.len() / 2));
+                Poll::Ready(Some(frame))
+            }
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => {
+                if let Some(pause) = self.late_eof_after.take() {
+                    self.late_eof = Some(Box::pin(tokio::time::sleep(pause)));
+                }
+                if let Some(sleep) = &mut self.late_eof {
+                    ready!(sleep.as_mut().poll(cx));
+                    self.late_eof = None;
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.head.is_none()
+            && self.remaining == 0
+            && self.tail.len() == 0
+            && self.rest.is_none()
+            && self.late_eof.is_none()
+            && self.late_eof_after.is_none()
+    }
+
+    fn poll_frame_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(head) = self.head.take() {
             return Poll::Ready(Some(head));
         }
@@ -95,7 +148,7 @@ impl Body for FakeBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full(bytes) => bytes.is_none(),
-            Self::Sse(sse) => sse.head.is_none() && sse.remaining == 0 && sse.tail.len() == 0,
+            Self::Sse(sse) => sse.is_done(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::body::{FakeBody, SseBody};
@@ -91,17 +91,39 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         );
     }
     match (config.mode, route) {
+        (_, route) if config.habits.redirect && route.is_counted_post() => {
+            let host = parts.headers.get(hyper::header::HOST).cloned();
+            let mut response = error(StatusCode::TEMPORARY_REDIRECT, "redirect", None);
+            if let Some(host) = host.and_then(|h| h.to_str().ok().map(str::to_owned)) {
+                let location = format!("http://{host}{}/", parts.uri.path());
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::LOCATION, value);
+                }
+            }
+            return response;
+        }
+        (_, Route::Models) if config.habits.no_models => {
+            return error(StatusCode::NOT_FOUND, "not found", None)
+        }
         (_, Route::WrongMethod) => {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
         }
         (_, Route::NotFound) => return error(StatusCode::NOT_FOUND, "not found", None),
         (FakeMode::Status(code), _) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error(
+            let mut response = error(
                 status,
                 &format!("fake-openai: injected status {code}"),
                 None,
             );
+            if let Some(seconds) = config.habits.retry_after {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            return response;
         }
         (FakeMode::FailModels, Route::Models) => {
             return error(
@@ -164,21 +186,33 @@ async fn generate(
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
+        let habits = &config.habits;
         let interval = config.token_interval;
-        let body = match route {
+        let (head, token, mut tail) = match route {
             Route::Chat => {
-                let frames = openai::chat_stream(&reply, include_usage);
-                SseBody::new(None, frames.token, tokens, interval, frames.tail)
+                let frames = openai::chat_stream(&reply, include_usage, habits.usage_in_choice);
+                (None, frames.token, frames.tail)
             }
             Route::Completions => {
-                let frames = openai::completion_stream(&reply, include_usage);
-                SseBody::new(None, frames.token, tokens, interval, frames.tail)
+                let frames =
+                    openai::completion_stream(&reply, include_usage, habits.usage_in_choice);
+                (None, frames.token, frames.tail)
             }
             _ => {
                 let (created, delta, completed) = openai::response_stream(&reply);
-                SseBody::new(Some(created), delta, tokens, interval, vec![completed])
+                (Some(created), delta, vec![completed])
             }
         };
+        // A server dying mid-stream sends neither the finish chunk nor the
+        // terminal event.
+        let sent = match habits.truncate_after {
+            Some(limit) => {
+                tail.clear();
+                tokens.min(limit)
+            }
+            None => tokens,
+        };
+        let body = SseBody::new(head, token, sent, interval, tail).with_habits(habits);
         return sse(FakeBody::Sse(body));
     }
 

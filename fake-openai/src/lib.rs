@@ -26,6 +26,6 @@ mod openai;
 mod server;
 mod state;
 
-pub use config::{FakeConfig, FakeMode};
+pub use config::{FakeConfig, FakeMode, Habits};
 pub use server::FakeServer;
 pub use state::RecordedRequest;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer};
+use llmlb_fake_openai::{FakeConfig, FakeMode, FakeServer, Habits};
 
 /// A fake OpenAI-compatible backend with configurable latency and token rate.
 #[derive(Debug, Parser)]
@@ -44,6 +44,16 @@ struct Cli {
     /// normal, status:<code>, malformed-json, hang or fail-models.
     #[arg(long, env = "FAKE_OPENAI_MODE", default_value = "normal")]
     mode: FakeMode,
+    /// Habits of real servers to imitate, comma-separated or repeated: late-eof:<duration>
+    /// (uvicorn), usage-in-choice (LiteLLM), no-models, model-metadata (vLLM),
+    /// truncate:<tokens>, retry-after:<seconds>, split-lines, redirect (Starlette).
+    #[arg(long = "habit", env = "FAKE_OPENAI_HABITS", value_delimiter = ',', value_parser = parse_habit)]
+    habits: Vec<String>,
+}
+
+fn parse_habit(spec: &str) -> Result<String, String> {
+    Habits::default().add(spec)?;
+    Ok(spec.to_owned())
 }
 
 impl Cli {
@@ -56,6 +66,8 @@ impl Cli {
             prompt_tokens: self.prompt_tokens,
             mode: self.mode,
             api_key: self.api_key,
+            // Each spec was checked by `parse_habit`.
+            habits: Habits::parse(self.habits.iter().map(String::as_str)).unwrap_or_default(),
         }
     }
 }

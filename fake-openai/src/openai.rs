@@ -73,13 +73,24 @@ pub(crate) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Bytes
 
 // === Models ===
 
-/// `GET /v1/models` reply for `models`.
-pub(crate) fn models_list(models: &[String]) -> Bytes {
+/// `GET /v1/models` reply for `models`; with `vllm_metadata`, each entry is
+/// shaped like vLLM's (`owned_by`, `root`, `parent`, `max_model_len`,
+/// `permission`).
+pub(crate) fn models_list(models: &[String], vllm_metadata: bool) -> Bytes {
     let data: Vec<Value> = models
         .iter()
-        .map(
-            |id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"}),
-        )
+        .map(|id| {
+            if vllm_metadata {
+                serde_json::json!({
+                    "id": id, "object": "model", "created": 1_733_000_000, "owned_by": "vllm",
+                    "root": format!("/models/{id}"), "parent": null, "max_model_len": 32768,
+                    "permission": [{"id": "modelperm-1", "object": "model_permission",
+                        "allow_sampling": true, "allow_logprobs": true}],
+                })
+            } else {
+                serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"})
+            }
+        })
         .collect();
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
@@ -156,7 +167,13 @@ pub(crate) fn chat_completion(r: &Reply<'_>) -> Bytes {
 
 /// Like OpenAI, every chunk carries `"usage":null` when usage was requested, and
 /// the usage chunk has `"choices":[]`.
-pub(crate) fn chat_stream(r: &Reply<'_>, include_usage: bool) -> StreamFrames {
+/// With `usage_in_choice` (LiteLLM's habit) the usage chunk carries one empty
+/// choice instead of none.
+pub(crate) fn chat_stream(
+    r: &Reply<'_>,
+    include_usage: bool,
+    usage_in_choice: bool,
+) -> StreamFrames {
     let env = r.envelope("chatcmpl-", "chat.completion.chunk");
     let null_usage = if include_usage {
         r#","usage":null"#
@@ -169,7 +186,18 @@ pub(crate) fn chat_stream(r: &Reply<'_>, include_usage: bool) -> StreamFrames {
     let finish = format!(
         r#"{env}"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]{null_usage}}}"#
     );
-    stream_frames(r, &env, &token, &finish, include_usage)
+    let usage_choices = if usage_in_choice {
+        r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":null}]"#
+    } else {
+        "[]"
+    };
+    stream_frames(
+        r,
+        &env,
+        &token,
+        &finish,
+        include_usage.then_some(usage_choices),
+    )
 }
 
 // === Completions ===
@@ -183,7 +211,11 @@ pub(crate) fn completion(r: &Reply<'_>) -> Bytes {
     ))
 }
 
-pub(crate) fn completion_stream(r: &Reply<'_>, include_usage: bool) -> StreamFrames {
+pub(crate) fn completion_stream(
+    r: &Reply<'_>,
+    include_usage: bool,
+    usage_in_choice: bool,
+) -> StreamFrames {
     let env = r.envelope("cmpl-", "text_completion");
     let null_usage = if include_usage {
         r#","usage":null"#
@@ -196,7 +228,18 @@ pub(crate) fn completion_stream(r: &Reply<'_>, include_usage: bool) -> StreamFra
     let finish = format!(
         r#"{env}"choices":[{{"text":"","index":0,"logprobs":null,"finish_reason":"stop"}}]{null_usage}}}"#
     );
-    stream_frames(r, &env, &token, &finish, include_usage)
+    let usage_choices = if usage_in_choice {
+        r#"[{"text":"","index":0,"logprobs":null,"finish_reason":null}]"#
+    } else {
+        "[]"
+    };
+    stream_frames(
+        r,
+        &env,
+        &token,
+        &finish,
+        include_usage.then_some(usage_choices),
+    )
 }
 
 fn stream_frames(
@@ -204,13 +247,13 @@ fn stream_frames(
     env: &str,
     token: &str,
     finish: &str,
-    include_usage: bool,
+    usage_choices: Option<&str>,
 ) -> StreamFrames {
     let mut tail = Vec::with_capacity(3);
     tail.push(sse_data(finish));
-    if include_usage {
+    if let Some(choices) = usage_choices {
         tail.push(sse_data(&format!(
-            r#"{env}"choices":[],{}}}"#,
+            r#"{env}"choices":{choices},{}}}"#,
             r.chat_usage()
         )));
     }
@@ -336,8 +379,8 @@ mod tests {
 
         for include_usage in [false, true] {
             for frames in [
-                chat_stream(&r, include_usage),
-                completion_stream(&r, include_usage),
+                chat_stream(&r, include_usage, false),
+                completion_stream(&r, include_usage, false),
             ] {
                 let token = sse_json(&frames.token);
                 assert_eq!(token.get("usage").is_some(), include_usage);

@@ -13,9 +13,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::FakeBody;
 use crate::config::{FakeConfig, FakeMode};
 use crate::handler;
-use crate::state::{RecordedRequest, Shared};
+use crate::state::{InFlight, RecordedRequest, Shared};
 
 /// Pending connections the kernel queues before `accept`.
 const BACKLOG: u32 = 1024;
@@ -92,6 +93,12 @@ impl FakeServer {
         self.shared.model_requests()
     }
 
+    /// Requests being answered now: from their arrival until their response
+    /// body ends, or until their client goes away (which cancels them).
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight()
+    }
+
     /// The last POST counted by [`FakeServer::requests`].
     pub fn last_request(&self) -> Option<RecordedRequest> {
         self.shared.last_request()
@@ -154,7 +161,14 @@ async fn serve(builder: auto::Builder<ShutdownExecutor>, stream: TcpStream, shar
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&shared, req).await) }
+        async move {
+            let in_flight = shared.start_request();
+            let response = handler::handle(&shared, req).await;
+            Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                body,
+                _in_flight: in_flight,
+            }))
+        }
     });
     if let Err(error) = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -182,5 +196,32 @@ where
                 () = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+/// A response body that keeps its request counted in flight until it ends or
+/// is dropped.
+struct TrackedBody {
+    body: FakeBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

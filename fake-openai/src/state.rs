@@ -64,7 +64,7 @@ impl Active {
             .iter()
             .map(|m| serde_json::Value::from(m.as_str()).to_string())
             .collect();
-        let models_body = openai::models_list(&config.models);
+        let models_body = openai::models_list(&config.models, config.habits.model_metadata);
         let bearer = config.api_key.as_ref().map(|key| format!("Bearer {key}"));
         Self {
             config,
@@ -100,6 +100,18 @@ pub(crate) struct Shared {
     last: Mutex<Option<RawRequest>>,
     /// Source of reply ids (`chatcmpl-N`, `resp_N`, ...).
     next_id: AtomicU64,
+    /// Requests being answered: from their arrival until their response
+    /// body ends or is dropped (a client that goes away drops it).
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Counts one request in [`Shared::in_flight`] until dropped.
+pub(crate) struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -110,7 +122,19 @@ impl Shared {
             model_requests: AtomicU64::new(0),
             last: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub(crate) fn start_request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Requests being answered now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub(crate) fn active(&self) -> Arc<Active> {

@@ -14,6 +14,7 @@ use llmlb_proto::v1::{ApiKind, RequestRecord};
 use tracing::{debug, debug_span, warn, Span};
 use uuid::Uuid;
 
+use crate::breaker::Outcome;
 use crate::loads::InflightGuard;
 use crate::metrics::Metrics;
 use crate::routing::Endpoint;
@@ -59,6 +60,8 @@ struct State {
     request: Arc<RequestInfo>,
     endpoint: Arc<Endpoint>,
     status: Option<u16>,
+    /// The upstream's `Retry-After`, for the circuit breaker.
+    retry_after: Option<Duration>,
     ttft: Option<Duration>,
     usage: Usage,
     reporter: Reporter,
@@ -83,6 +86,7 @@ impl Attempt {
                 request,
                 endpoint,
                 status: None,
+                retry_after: None,
                 ttft: None,
                 usage: Usage::default(),
                 reporter,
@@ -101,6 +105,13 @@ impl Attempt {
     pub fn set_status(&mut self, status: u16) {
         if let Some(state) = &mut self.state {
             state.status = Some(status);
+        }
+    }
+
+    /// The upstream said when to come back (`Retry-After`).
+    pub fn set_retry_after(&mut self, retry_after: Option<Duration>) {
+        if let Some(state) = &mut self.state {
+            state.retry_after = retry_after;
         }
     }
 
@@ -156,6 +167,11 @@ impl Attempt {
             (None, _) => None,
         };
         let success = ok_status && error.is_none();
+        let outcome = breaker_outcome(success, client_gone, state.status, state.retry_after);
+        state.endpoint.load.breaker.record(outcome, Instant::now());
+        if let Outcome::Failure { .. } = outcome {
+            state.reporter.metrics.cooldown_started(&state.endpoint.id);
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let request = &state.request;
         if let (Some(error), false) = (&error, client_gone) {
@@ -194,6 +210,24 @@ impl Attempt {
             error,
             api_key_id: request.api_key_id.clone(),
         });
+    }
+}
+
+/// What an attempt says about its endpoint: a client's own 4xx (not 429 or
+/// 408) and a client that left say nothing.
+fn breaker_outcome(
+    success: bool,
+    client_gone: bool,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+) -> Outcome {
+    match status {
+        _ if success => Outcome::Success,
+        _ if client_gone => Outcome::Neutral,
+        Some(status) if (400..500).contains(&status) && status != 429 && status != 408 => {
+            Outcome::Neutral
+        }
+        _ => Outcome::Failure { retry_after },
     }
 }
 

@@ -1,23 +1,30 @@
 //! Sending a request upstream, with failover.
 //!
 //! Up to [`MAX_ATTEMPTS`] attempts, each on an endpoint not tried yet for
-//! this request (picked by power of two choices over peak-EWMA cost), while
-//! nothing has reached the client. An attempt fails over when it cannot
-//! connect, when anything else goes wrong before the response headers
-//! (including the `--upstream-timeout`), or when the upstream answers 5xx and
-//! another endpoint is left to try. Every attempt emits its own stats record.
+//! this request (picked by power of two choices over peak-EWMA cost among the
+//! endpoints not cooling down, see [`crate::breaker`]), while nothing has
+//! reached the client. An attempt fails over when it cannot connect, when
+//! anything else goes wrong before the response headers (including the
+//! `--upstream-timeout`), or when the upstream answers 5xx or 429 and
+//! another endpoint is left to try. An error answer or a failed connect
+//! starts the endpoint's cool-down (its `Retry-After` when it sent one)
+//! instead of giving the balancer a latency sample. Every attempt emits its
+//! own stats record.
 //!
-//! When no attempt is left: if the last attempt got a 5xx answer, that answer
-//! is relayed to the client as it is (the upstream's own error body is the
-//! most useful thing to show); if the last attempt got no answer, the client
-//! gets 502 `upstream_unreachable` with the last error.
+//! When no attempt is left: if the last attempt got a 5xx or 429 answer, that
+//! answer is relayed to the client as it is (the upstream's own error body
+//! and `Retry-After` are the most useful things to show); if the last attempt
+//! got no answer, the client gets 502 `upstream_unreachable` with the last
+//! error.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
@@ -26,17 +33,13 @@ use super::attempt::{Attempt, RequestInfo};
 use super::relay::{Mode, RelayBody};
 use super::request::ParsedRequest;
 use super::{body::ProxyBody, error_chain, App};
-use crate::balance;
 use crate::error::ProxyError;
 use crate::metrics::InflightRequest;
 use crate::routing::Endpoint;
+use crate::{balance, breaker};
 
 /// Most attempts for one request (the first and two failovers).
 pub const MAX_ATTEMPTS: usize = 3;
-
-/// Latency sample recorded for an endpoint whose attempt failed without an
-/// answer, so that the balancer steers away from it until it recovers.
-const FAILURE_LATENCY: Duration = Duration::from_secs(5);
 
 /// Client headers forwarded upstream (plus every `openai-*` header).
 const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
@@ -85,9 +88,11 @@ impl App {
         let mut last_error = String::from("no endpoint tried");
         for attempt_no in 1..=MAX_ATTEMPTS {
             let now = Instant::now();
-            let picked = balance::pick(&candidates, |e| e.load.cost(now), &mut rand::rng());
-            let Some(index) = picked else { break };
+            let Some(index) = pick(&candidates, now) else {
+                break;
+            };
             let endpoint = candidates.swap_remove(index);
+            endpoint.load.breaker.attempt(now);
             let last_chance = attempt_no == MAX_ATTEMPTS || candidates.is_empty();
             let mut attempt = Attempt::start(
                 info.clone(),
@@ -102,10 +107,22 @@ impl App {
                 .await;
             match sent {
                 Ok(Ok(response)) => {
-                    endpoint.load.observe(started.elapsed(), Instant::now());
                     let status = response.status();
+                    let retryable =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    // An error answer, however fast, is no latency sample:
+                    // it would make the endpoint look cheap to the balancer.
+                    // The breaker takes the endpoint out instead, and a
+                    // recovered one comes back at its real latency.
+                    if !retryable {
+                        endpoint.load.observe(started.elapsed(), Instant::now());
+                    }
                     attempt.set_status(status.as_u16());
-                    if status.is_server_error() && !last_chance {
+                    if retryable {
+                        let header = response.headers().get(header::RETRY_AFTER);
+                        attempt.set_retry_after(breaker::retry_after(header));
+                    }
+                    if retryable && !last_chance {
                         attempt.fail(format!("upstream answered {status}; failing over"));
                         last_error = format!("endpoint {} answered {status}", endpoint.id);
                         continue;
@@ -113,7 +130,6 @@ impl App {
                     return Ok(self.relay(response, attempt, parsed.strip_usage, inflight));
                 }
                 Ok(Err(e)) => {
-                    endpoint.load.observe(FAILURE_LATENCY, Instant::now());
                     last_error = format!("endpoint {}: {}", endpoint.id, error_chain(&e));
                     attempt.fail(format!("upstream request failed: {}", error_chain(&e)));
                 }
@@ -146,12 +162,35 @@ impl App {
             .and_then(|v| v.to_str().ok());
         let mode = Mode::for_content_type(content_type, strip_usage);
         strip_hop_by_hop(&mut parts.headers);
+        hide_upstream_address(&mut parts.headers);
         if mode.rewrites() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let body = RelayBody::new(body, mode, attempt, self.upstream_timeout, inflight);
+        let body = RelayBody::new(
+            body,
+            mode,
+            attempt,
+            self.upstream_timeout,
+            self.sse_keepalive,
+            inflight,
+        );
         Response::from_parts(parts, ProxyBody::relay(body))
     }
+}
+
+/// Power of two choices among the candidates whose breaker lets them in;
+/// among all of them when none does (a request is better tried than
+/// refused).
+fn pick(candidates: &[Arc<Endpoint>], now: Instant) -> Option<usize> {
+    let excluded = |e: &Arc<Endpoint>| e.load.breaker.excluded(now);
+    let mut rng = rand::rng();
+    if !candidates.iter().any(excluded) || candidates.iter().all(excluded) {
+        return balance::pick(candidates, |e| e.load.cost(now), &mut rng);
+    }
+    let open: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !excluded(&candidates[i]))
+        .collect();
+    balance::pick(&open, |&i| candidates[i].load.cost(now), &mut rng).map(|k| open[k])
 }
 
 /// The request to send to `endpoint`: same path and query, the forwardable
@@ -190,6 +229,32 @@ fn upstream_uri(endpoint: &Endpoint, client: &Uri) -> Option<Uri> {
         .path_and_query()
         .map_or_else(|| client.path(), |p| p.as_str());
     format!("{}{path}", endpoint.base_url).parse().ok()
+}
+
+/// Makes an absolute `Location` (and `Content-Location`) relative: a
+/// server's redirect names its own address (Starlette's `redirect_slashes`
+/// builds it from the Host the proxy sent), which clients must not learn
+/// and could not reach. A value that is not a URI is removed.
+fn hide_upstream_address(headers: &mut HeaderMap) {
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        let relative = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<Uri>().ok())
+            .map(|uri| match uri.path_and_query() {
+                Some(path) if uri.authority().is_some() => path.as_str().to_owned(),
+                Some(_) => uri.to_string(),
+                None => "/".to_owned(),
+            })
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        match relative {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
+    }
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -289,6 +354,25 @@ mod tests {
             );
             let uri = upstream_uri(&endpoint, &client).unwrap();
             assert_eq!(uri.to_string(), expected, "{base}");
+        }
+    }
+
+    #[test]
+    fn redirects_do_not_name_the_upstream() {
+        for (location, expected) in [
+            (
+                "http://10.0.0.5:8000/v1/chat/completions/?a=1",
+                Some("/v1/chat/completions/?a=1"),
+            ),
+            ("https://inner.example", Some("/")),
+            ("/v1/models", Some("/v1/models")),
+            ("not a uri", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, HeaderValue::from_static(location));
+            hide_upstream_address(&mut headers);
+            let got = headers.get(header::LOCATION).map(|v| v.to_str().unwrap());
+            assert_eq!(got, expected, "{location}");
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Inner {
     require_api_key: bool,
     /// Timeout to response headers and between body chunks.
     upstream_timeout: Duration,
+    /// Keep-alive comment period of silent event streams.
+    sse_keepalive: Option<Duration>,
 }
 
 impl std::ops::Deref for App {
@@ -134,6 +136,7 @@ impl App {
                 max_body_size: server.max_body_size,
                 require_api_key: server.require_api_key,
                 upstream_timeout: upstream.timeout,
+                sse_keepalive: upstream.sse_keepalive,
             }),
         }
     }
@@ -206,11 +209,16 @@ impl App {
         }
         match (path, kind) {
             ("/healthz", _) => Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok")),
-            ("/metrics", _) => Ok(text(
-                StatusCode::OK,
-                metrics::CONTENT_TYPE,
-                self.metrics().encode(),
-            )),
+            ("/metrics", _) => {
+                let cooldowns = self.loads.cooldowns(Instant::now());
+                let left = cooldowns.iter().map(|(id, left)| (id.as_str(), *left));
+                self.metrics().set_cooldowns(left);
+                Ok(text(
+                    StatusCode::OK,
+                    metrics::CONTENT_TYPE,
+                    self.metrics().encode(),
+                ))
+            }
             (_, None) => self.models(&request),
             (_, Some(kind)) => self.api(kind, request, received, inflight).await,
         }

@@ -8,14 +8,11 @@ use http::{header, HeaderMap};
 use http_body::Body;
 use http_body_util::BodyExt;
 use llmlb_proto::v1::ApiKind;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::error::Category;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::fmt;
 
 use super::body::BoxError;
 use crate::error::ProxyError;
+use crate::json::{push_key, Members};
 use crate::routing::Table;
 
 /// The API of a POST path, if it is one the proxy serves.
@@ -141,48 +138,6 @@ pub struct ParsedRequest {
     pub body: Bytes,
 }
 
-/// The members of a JSON object in order, each value kept as the exact text
-/// the client sent (nothing is converted, so no number loses precision).
-struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
-
-/// A member name, borrowed from the body unless it has escapes.
-#[derive(serde::Deserialize)]
-struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Object;
-        impl<'de> Visitor<'de> for Object {
-            type Value = Members<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(member) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(Object)
-    }
-}
-
-impl Members<'_> {
-    /// The value of `key` (the last one if the key is repeated, as JSON
-    /// parsers usually do).
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k.0 == key)
-            .map(|(_, v)| v.get().trim())
-    }
-}
-
 /// Parses a JSON request body; for streaming chat/completions and
 /// completions requests that do not ask for usage, adds
 /// `stream_options.include_usage: true` (key order kept, every other value
@@ -267,13 +222,6 @@ fn with_include_usage(members: &Members<'_>, len: usize) -> Vec<u8> {
     }
     out.push(b'}');
     out
-}
-
-/// Writes `"key":`.
-fn push_key(out: &mut Vec<u8>, key: &str) {
-    // Writing a string to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, key);
-    out.push(b':');
 }
 
 #[cfg(test)]

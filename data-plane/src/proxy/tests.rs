@@ -21,6 +21,7 @@ fn app(require_api_key: bool) -> App {
     let upstream = UpstreamConfig {
         connect_timeout: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
+        sse_keepalive: None,
     };
     let reporter = Reporter {
         stats: StatsSink::new(10, metrics.clone()),

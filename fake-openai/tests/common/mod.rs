@@ -84,6 +84,8 @@ impl Conn {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
     pub frames: Vec<Bytes>,
 }
 
@@ -93,6 +95,14 @@ impl Reply {
         let content_type = response
             .headers()
             .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let location = response
+            .headers()
+            .get("location")
             .map(|v| v.to_str().unwrap().to_owned());
         let mut body = response.into_body();
         let mut frames = Vec::new();
@@ -104,6 +114,8 @@ impl Reply {
         Reply {
             status,
             content_type,
+            retry_after,
+            location,
             frames,
         }
     }
