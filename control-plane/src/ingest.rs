@@ -697,6 +697,7 @@ mod tests {
             base_url: "http://127.0.0.1:9".into(),
             api_key: None,
             models: vec!["m".into()],
+            health_path: None,
         };
         deps.registry.create(new).await.unwrap().id
     }

@@ -44,6 +44,8 @@ pub struct NewEndpoint {
     pub api_key: Option<String>,
     /// Static models; empty = discover.
     pub models: Vec<String>,
+    /// Path probed for liveness instead of `/v1/models`; `None` or empty: none.
+    pub health_path: Option<String>,
 }
 
 /// What an operator asks to change; `None` keeps the value.
@@ -59,6 +61,8 @@ pub struct EndpointChanges {
     pub models: Option<Vec<String>>,
     /// Go back to discovery.
     pub clear_models: bool,
+    /// New health path; `Some("")` removes it.
+    pub health_path: Option<String>,
 }
 
 /// Shared handle to the registry.
@@ -198,7 +202,36 @@ pub fn validate_base_url(url: &str) -> Result<String, RegistryError> {
     if uri.query().is_some() {
         return Err(bad("must not have a query"));
     }
-    Ok(url.trim().trim_end_matches('/').to_string())
+    // The server root is stored: `http://h:8000/v1` and `http://h:8000/v1/`
+    // (what OpenAI client settings hold) mean `http://h:8000`, whose
+    // `/v1/models` is probed and whose `/v1/...` the proxies call.
+    let root = url.trim().trim_end_matches('/');
+    let root = root
+        .strip_suffix("/v1")
+        .unwrap_or(root)
+        .trim_end_matches('/');
+    Ok(root.to_string())
+}
+
+/// Checks a health path: `/` followed by at most 1,024 URL path
+/// characters (a query is allowed); `Some("")` means "none" (`Ok(None)`).
+pub fn validate_health_path(path: &str) -> Result<Option<String>, RegistryError> {
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        RegistryError::Invalid(format!(
+            "healthPath {path:?} must be an absolute path such as /health (at most 1024 characters)"
+        ))
+    };
+    if !path.starts_with('/') || path.starts_with("//") || path.len() > 1024 {
+        return Err(bad());
+    }
+    match path.parse::<http::uri::PathAndQuery>() {
+        Ok(_) => Ok(Some(path.to_string())),
+        Err(_) => Err(bad()),
+    }
 }
 
 /// Checks a static model list: non-empty names, no duplicates (order kept).
@@ -276,11 +309,18 @@ impl Registry {
         let name = validate_name(&new.name)?;
         let base_url = validate_base_url(&new.base_url)?;
         let models = validate_models(&new.models)?;
+        let health_path = new
+            .health_path
+            .as_deref()
+            .map(validate_health_path)
+            .transpose()?
+            .flatten();
         let now = now_ms();
         let row = EndpointRow {
             id: Uuid::new_v4(),
             name,
             base_url,
+            health_path,
             api_key: new.api_key.filter(|k| !k.is_empty()),
             static_models: (!models.is_empty()).then_some(models),
             discovered_models: Vec::new(),
@@ -290,6 +330,7 @@ impl Registry {
             last_checked_at: None,
             last_error: None,
             counters: Counters::default(),
+            model_objects: Default::default(),
             created_at: now,
             updated_at: now,
         };
@@ -312,6 +353,11 @@ impl Registry {
         let name = ch.name.as_deref().map(validate_name).transpose()?;
         let base_url = ch.base_url.as_deref().map(validate_base_url).transpose()?;
         let models = ch.models.as_deref().map(validate_models).transpose()?;
+        let health_path = ch
+            .health_path
+            .as_deref()
+            .map(validate_health_path)
+            .transpose()?;
         let _guard = self.inner.changes.lock().await;
         let mut row = self.get(id)?;
         let mut reprobe = false;
@@ -326,6 +372,10 @@ impl Registry {
             let key = (!key.is_empty()).then_some(key);
             reprobe |= key != row.api_key;
             row.api_key = key;
+        }
+        if let Some(path) = health_path {
+            reprobe |= path != row.health_path;
+            row.health_path = path;
         }
         if ch.clear_models {
             reprobe |= row.static_models.is_some();
@@ -353,6 +403,7 @@ impl Registry {
             // Counters and probe results may have moved meanwhile: keep them.
             cached.name = row.name.clone();
             cached.base_url = row.base_url.clone();
+            cached.health_path = row.health_path.clone();
             cached.api_key = row.api_key.clone();
             cached.static_models = row.static_models.clone();
             cached.status = row.status;
@@ -399,15 +450,19 @@ impl Registry {
             tracing::debug!(endpoint_id = %id, "dropping a probe result of an older configuration");
             return Ok(None);
         }
+        let mut objects = None;
         let update = match result {
-            Ok((latency_ms, models)) => ProbeUpdate {
-                status: Status::Online,
-                latency_ms: Some(latency_ms),
-                consecutive_failures: 0,
-                checked_at: now_ms(),
-                last_error: None,
-                discovered_models: Some(models),
-            },
+            Ok(ok) => {
+                objects = Some(ok.objects);
+                ProbeUpdate {
+                    status: Status::Online,
+                    latency_ms: Some(ok.latency_ms),
+                    consecutive_failures: 0,
+                    checked_at: now_ms(),
+                    last_error: None,
+                    discovered_models: Some(ok.models),
+                }
+            }
             Err(error) => {
                 let failures = current.consecutive_failures.saturating_add(1);
                 ProbeUpdate {
@@ -423,10 +478,13 @@ impl Registry {
         if !db_endpoints::record_probe(&self.inner.db.write, id, &update).await? {
             return Ok(None);
         }
-        let Some(row) = self.apply_probe_to_cache(id, &update) else {
+        let Some(row) = self.apply_probe_to_cache(id, &update, objects) else {
             return Ok(None);
         };
-        if row.status != current.status || row.discovered_models != current.discovered_models {
+        if row.status != current.status
+            || row.discovered_models != current.discovered_models
+            || row.model_objects != current.model_objects
+        {
             self.inner.events.routing_changed();
         } else {
             self.inner.events.dashboard_changed();
@@ -435,8 +493,16 @@ impl Registry {
     }
 
     /// Cache half of `record_probe` (seed T004: `None` latency keeps the value).
-    fn apply_probe_to_cache(&self, id: Uuid, u: &ProbeUpdate) -> Option<EndpointRow> {
+    fn apply_probe_to_cache(
+        &self,
+        id: Uuid,
+        u: &ProbeUpdate,
+        objects: Option<Vec<(String, String)>>,
+    ) -> Option<EndpointRow> {
         self.inner.endpoints.write().modify(&id, |row| {
+            if let Some(objects) = objects {
+                row.model_objects = objects.into();
+            }
             row.status = u.status;
             if let Some(latency) = u.latency_ms {
                 row.latency_ms = Some(latency);
@@ -497,10 +563,18 @@ mod tests {
         assert_eq!(e.status, Status::Pending);
         assert_eq!(e.base_url, "http://127.0.0.1:9");
         let steps: [(crate::health::ProbeResult, Status, f64); 4] = [
-            (Ok((120.0, vec!["m".into()])), Status::Online, 120.0),
+            (
+                Ok(crate::health::ProbeOk::listed(120.0, vec!["m".into()])),
+                Status::Online,
+                120.0,
+            ),
             (Err("refused".into()), Status::Error, 120.0),
             (Err("refused".into()), Status::Offline, 120.0),
-            (Ok((95.0, vec!["m".into()])), Status::Online, 95.0),
+            (
+                Ok(crate::health::ProbeOk::listed(95.0, vec!["m".into()])),
+                Status::Online,
+                95.0,
+            ),
         ];
         for (result, status, latency) in steps {
             let row = reg
@@ -566,6 +640,27 @@ mod tests {
         );
         assert!(validate_base_url("http://[::1]").is_ok());
         assert!(validate_base_url("http://[::1]:8080").is_ok());
+        // With or without a trailing /v1 (and /): the server root is stored.
+        for same in [
+            "http://h:8000",
+            "http://h:8000/",
+            "http://h:8000/v1",
+            "http://h:8000/v1/",
+        ] {
+            assert_eq!(validate_base_url(same).unwrap(), "http://h:8000", "{same}");
+        }
+        assert_eq!(
+            validate_base_url("https://h/openai/v1/").unwrap(),
+            "https://h/openai"
+        );
+        assert_eq!(validate_health_path("").unwrap(), None);
+        assert_eq!(
+            validate_health_path("/health").unwrap().as_deref(),
+            Some("/health")
+        );
+        for bad in ["health", "//h/x", "/a b"] {
+            assert!(validate_health_path(bad).is_err(), "{bad}");
+        }
         assert!(validate_base_url("http://[::1]:0").is_err());
     }
 
@@ -638,7 +733,11 @@ mod tests {
             .unwrap();
         assert!(updated.updated_at > e.updated_at);
         let stale = reg
-            .record_probe(e.id, e.updated_at, Ok((1.0, vec!["old".into()])))
+            .record_probe(
+                e.id,
+                e.updated_at,
+                Ok(crate::health::ProbeOk::listed(1.0, vec!["old".into()])),
+            )
             .await
             .unwrap();
         assert_eq!(stale, None);
@@ -646,7 +745,11 @@ mod tests {
         assert_eq!((now.status, now.latency_ms), (Status::Pending, None));
         assert!(now.discovered_models.is_empty());
         let fresh = reg
-            .record_probe(e.id, updated.updated_at, Ok((2.0, vec!["new".into()])))
+            .record_probe(
+                e.id,
+                updated.updated_at,
+                Ok(crate::health::ProbeOk::listed(2.0, vec!["new".into()])),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -668,9 +771,13 @@ mod tests {
             })
             .await
             .unwrap();
-        reg.record_probe(e.id, e.updated_at, Ok((7.5, vec![])))
-            .await
-            .unwrap();
+        reg.record_probe(
+            e.id,
+            e.updated_at,
+            Ok(crate::health::ProbeOk::listed(7.5, vec![])),
+        )
+        .await
+        .unwrap();
         let again = Registry::load(db, Events::default()).await.unwrap();
         assert_eq!(again.snapshot(), reg.snapshot());
         assert_eq!(again.get(e.id).unwrap().models(), ["x".to_string()]);

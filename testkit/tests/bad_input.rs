@@ -743,6 +743,7 @@ async fn grpc_refuses_oversized_messages_and_bad_records_and_stores_nothing() {
             base_url: "http://h".into(),
             api_key: Some("k".repeat(5 << 20)),
             models: vec![],
+            health_path: None,
         })
         .await
         .unwrap_err();

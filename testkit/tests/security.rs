@@ -188,6 +188,7 @@ async fn secrets_never_appear_in_replies() {
         base_url: "http://127.0.0.1:9".into(),
         api_key: Some("sk-upstream-DO-NOT-LEAK".into()),
         models: vec!["m".into()],
+        health_path: None,
     })
     .await
     .unwrap();

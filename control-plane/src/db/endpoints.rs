@@ -13,8 +13,11 @@ pub struct EndpointRow {
     pub id: Uuid,
     /// Unique name.
     pub name: String,
-    /// Base URL (serves /v1/...).
+    /// Base URL: the server root, which serves /v1/... (stored without a
+    /// trailing `/v1`).
     pub base_url: String,
+    /// Path probed for liveness instead of `/v1/models`, if set.
+    pub health_path: Option<String>,
     /// Upstream key; never returned by an API.
     pub api_key: Option<String>,
     /// Operator's static model list; `None` = discover.
@@ -33,6 +36,11 @@ pub struct EndpointRow {
     pub last_error: Option<String>,
     /// Lifetime request counters and tokens.
     pub counters: Counters,
+    /// Each discovered model's full object from the last successful
+    /// `/v1/models` reply, as JSON text (`created`, `owned_by`,
+    /// `max_model_len`, ...). In memory only: empty after a restart until
+    /// the first probe.
+    pub model_objects: std::sync::Arc<[(String, String)]>,
     /// Registration time.
     pub created_at: UnixMs,
     /// Last configuration change.
@@ -100,7 +108,8 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
          latency_ms, consecutive_failures, last_checked_at, last_error, \
          CAST(total_requests AS INTEGER), CAST(successful_requests AS INTEGER), \
          CAST(failed_requests AS INTEGER), CAST(total_input_tokens AS INTEGER), \
-         CAST(total_output_tokens AS INTEGER), created_at, updated_at FROM endpoints ORDER BY name",
+         CAST(total_output_tokens AS INTEGER), created_at, updated_at, health_path \
+         FROM endpoints ORDER BY name",
     )
     .fetch_all(pool)
     .await?;
@@ -119,6 +128,7 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
             id,
             name: r.try_get(1)?,
             base_url: r.try_get(2)?,
+            health_path: r.try_get(18)?,
             api_key: r.try_get(3)?,
             static_models: r
                 .try_get::<Option<String>, _>(4)?
@@ -137,6 +147,7 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
                 input_tokens: count(14)?,
                 output_tokens: count(15)?,
             },
+            model_objects: Default::default(),
             created_at: r.try_get(16)?,
             updated_at: r.try_get(17)?,
         });
@@ -148,8 +159,8 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
 pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO endpoints (id, name, base_url, api_key, static_models, discovered_models, \
-         status, latency_ms, consecutive_failures, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         status, latency_ms, consecutive_failures, created_at, updated_at, health_path) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(e.id.to_string())
     .bind(&e.name)
@@ -162,6 +173,7 @@ pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Erro
     .bind(i64::from(e.consecutive_failures))
     .bind(e.created_at)
     .bind(e.updated_at)
+    .bind(&e.health_path)
     .execute(pool)
     .await?;
     Ok(())
@@ -171,7 +183,7 @@ pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Erro
 pub async fn update_config(pool: &SqlitePool, e: &EndpointRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE endpoints SET name = ?, base_url = ?, api_key = ?, static_models = ?, \
-         status = ?, consecutive_failures = ?, updated_at = ? WHERE id = ?",
+         status = ?, consecutive_failures = ?, updated_at = ?, health_path = ? WHERE id = ?",
     )
     .bind(&e.name)
     .bind(&e.base_url)
@@ -180,6 +192,7 @@ pub async fn update_config(pool: &SqlitePool, e: &EndpointRow) -> Result<bool, s
     .bind(e.status.as_str())
     .bind(i64::from(e.consecutive_failures))
     .bind(e.updated_at)
+    .bind(&e.health_path)
     .bind(e.id.to_string())
     .execute(pool)
     .await?;
@@ -296,6 +309,7 @@ pub(crate) fn sample(name: &str) -> EndpointRow {
         id: Uuid::new_v4(),
         name: name.into(),
         base_url: "http://127.0.0.1:9".into(),
+        health_path: None,
         api_key: Some("sk-upstream".into()),
         static_models: None,
         discovered_models: vec![],
@@ -305,6 +319,7 @@ pub(crate) fn sample(name: &str) -> EndpointRow {
         last_checked_at: None,
         last_error: None,
         counters: Counters::default(),
+        model_objects: Default::default(),
         created_at: 1,
         updated_at: 1,
     }

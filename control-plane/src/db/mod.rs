@@ -153,10 +153,15 @@ impl Db {
     /// Recreates missing tables by running every migration again, in
     /// order: every statement in `migrations/` is idempotent, so a table
     /// that exists is never touched (and what a later migration dropped
-    /// stays dropped).
+    /// stays dropped) — except `ADD COLUMN`, which SQLite cannot make
+    /// idempotent: its "duplicate column" error means it is done already.
     pub async fn recreate_missing_tables(&self) -> Result<(), DbError> {
         for migration in MIGRATOR.iter() {
-            sqlx::raw_sql(&migration.sql).execute(&self.write).await?;
+            match sqlx::raw_sql(&migration.sql).execute(&self.write).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.message().contains("duplicate column name") => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

@@ -924,7 +924,11 @@ mod tests {
         f.load.set_inflight("p1", proxy, HashMap::from([(b, 4)]));
         let generation = f.registry.get(c).unwrap().updated_at;
         f.registry
-            .record_probe(c, generation, Ok((12.5, vec!["m2".into()])))
+            .record_probe(
+                c,
+                generation,
+                Ok(crate::health::ProbeOk::listed(12.5, vec!["m2".into()])),
+            )
             .await
             .unwrap();
         let o = f.assert_encodings_match();
@@ -970,7 +974,11 @@ mod tests {
         assert_eq!((piece(&a), piece(&b)), (a_before, b_before));
         let generation = f.registry.get(b).unwrap().updated_at;
         f.registry
-            .record_probe(b, generation, Ok((3.0, vec!["m1".into()])))
+            .record_probe(
+                b,
+                generation,
+                Ok(crate::health::ProbeOk::listed(3.0, vec!["m1".into()])),
+            )
             .await
             .unwrap();
         f.assert_encodings_match();
