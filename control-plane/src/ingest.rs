@@ -780,6 +780,15 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // Saturated in SQL, still an INTEGER (an overflowing `+` would
+        // have turned the column REAL).
+        let (kind, value): (String, i64) = sqlx::query_as(
+            "SELECT typeof(total_input_tokens), CAST(total_input_tokens AS INTEGER) FROM endpoints",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((kind.as_str(), value), ("integer", i64::MAX));
         let now = now_ms();
         let minute = crate::types::minute_of(now);
         for (sql, bind) in [
