@@ -149,7 +149,9 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     let endpoints = registry.snapshot();
     tracing::info!(
         endpoints = endpoints.len(),
-        requests = endpoints.iter().map(|e| e.counters.total_requests).sum::<u64>(),
+        requests = endpoints
+            .iter()
+            .fold(0u64, |n, e| n.saturating_add(e.counters.total_requests)),
         timeline_minutes = report.minutes,
         exact_tps = report.exact_tps,
         daily_tps = report.daily_tps,
@@ -236,6 +238,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         writer,
         load: load.clone(),
         shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+        retention: config.history_retention,
     };
 
     let grpc = grpc_server(

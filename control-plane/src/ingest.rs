@@ -13,11 +13,33 @@
 //! batch. A batch that is not acknowledged is resent by its proxy; the
 //! `request_id` key makes the resend a no-op, so every record is applied
 //! exactly once.
+//!
+//! What a record may say is checked here, once ([`Admission`]):
+//! - **Tokens**: at most [`MAX_TOKENS_PER_RECORD`] (2^40) input or output
+//!   tokens per record; a larger count is stored as 0 (the request still
+//!   counts). Every sum is saturating, so no stored figure can overflow.
+//! - **Duration**: finite, 0 ..= 30 days; anything else is stored as 0.
+//! - **Minute** (the timeline, the average response time, the daily row):
+//!   the proxy's completion time, clamped to the control plane's receive
+//!   time when it lies in the future. The live path and the restore both
+//!   read the stored time, so a proxy whose clock runs ahead moves the same
+//!   minute in a control plane that restarted and in one that did not.
+//! - **Age**: a record whose id (UUIDv7: the proxy's receive time) is older
+//!   than `--history-retention` is refused (acknowledged, not applied). The
+//!   pruner only deletes rows whose id is older than the retention, so any
+//!   record it may have deleted is refused if resent: the dedup window
+//!   always covers what a proxy may still resend. (A proxy whose clock lags
+//!   the control plane's by more than the retention has all its records
+//!   refused; the refusal metric shows it.)
+//!
+//! Every value changed or record refused is counted in
+//! `llmlb_control_stats_values_rejected_total{reason}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt as _;
 use llmlb_proto::v1::{stats_upload, StatsAck, StatsUpload};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,6 +63,52 @@ use crate::types::{from_timestamp, minute_of, now_ms, utc_date, ModelKey};
 /// Milliseconds in a UTC day.
 const DAY_MS: i64 = 86_400_000;
 
+/// Most input or output tokens one record may carry (2^40, about 1.1e12:
+/// far above any context window, far below what 20,000 records per commit
+/// could overflow). Larger counts are stored as 0.
+pub const MAX_TOKENS_PER_RECORD: u64 = 1 << 40;
+
+/// Longest duration one record may carry (30 days).
+const MAX_DURATION_MS: f64 = 30.0 * DAY_MS as f64;
+
+/// How records are admitted: the control plane's receive time and the
+/// history retention.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    /// When the batch was received (Unix ms, control plane clock).
+    pub now: crate::types::UnixMs,
+    /// `--history-retention` in ms.
+    pub retention_ms: i64,
+}
+
+/// Values a batch's records carried that were not taken as they came.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// Records with a malformed request or endpoint id (dropped).
+    pub malformed_id: u32,
+    /// Token counts over [`MAX_TOKENS_PER_RECORD`] (stored as 0).
+    pub tokens: u32,
+    /// Durations that are not finite or out of 0 ..= 30 days (stored as 0).
+    pub duration: u32,
+    /// Completion times in the future (clamped to the receive time).
+    pub future_completion: u32,
+    /// Records older than the retention (refused).
+    pub older_than_retention: u32,
+}
+
+impl Rejected {
+    /// `(reason, count)` pairs, for the metric.
+    pub fn by_reason(&self) -> [(&'static str, u32); 5] {
+        [
+            ("malformed_id", self.malformed_id),
+            ("tokens", self.tokens),
+            ("duration", self.duration),
+            ("future_completion", self.future_completion),
+            ("older_than_retention", self.older_than_retention),
+        ]
+    }
+}
+
 /// Most records committed in one transaction.
 const MAX_RECORDS_PER_COMMIT: usize = 20_000;
 
@@ -58,7 +126,34 @@ pub struct WriteJob {
     /// Their changes, if every row is new.
     pub deltas: Deltas,
     /// The proxy's stream.
-    pub ack: mpsc::Sender<Result<StatsAck, Status>>,
+    pub ack: AckTx,
+}
+
+/// Where a stream's acks go. The writer never waits on it: a stream whose
+/// ack queue is full (its client does not read) is closed instead.
+#[derive(Clone, Debug)]
+pub struct AckTx {
+    /// The stream's replies.
+    pub tx: mpsc::Sender<Result<StatsAck, Status>>,
+    /// Cancelled to close the stream.
+    pub close: CancellationToken,
+}
+
+impl AckTx {
+    /// Queues `reply` without waiting; closes the stream when its queue is
+    /// full. Its records stay committed: the proxy resends what it did not
+    /// see acknowledged, and deduplication makes that a no-op.
+    fn send_now(&self, reply: Result<StatsAck, Status>) {
+        match self.tx.try_send(reply) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.close.is_cancelled() {
+                    tracing::warn!("a stats stream does not read its acknowledgements; closing it");
+                }
+                self.close.cancel();
+            }
+        }
+    }
 }
 
 impl WriteJob {
@@ -66,9 +161,14 @@ impl WriteJob {
     pub fn new(
         batch_id: u64,
         records: &[llmlb_proto::v1::RequestRecord],
-        ack: mpsc::Sender<Result<StatsAck, Status>>,
-    ) -> Result<WriteJob, Status> {
-        let rows: Vec<HistoryRow> = records.iter().filter_map(to_row).collect();
+        ack: AckTx,
+        admission: Admission,
+    ) -> Result<(WriteJob, Rejected), Status> {
+        let mut rejected = Rejected::default();
+        let rows: Vec<HistoryRow> = records
+            .iter()
+            .filter_map(|r| to_row(r, admission, &mut rejected))
+            .collect();
         let insert = request_history::prepare_insert(&rows).map_err(|e| {
             tracing::error!(error = %e, "binding stats records failed");
             Status::internal("binding stats records failed")
@@ -77,14 +177,15 @@ impl WriteJob {
         for row in &rows {
             deltas.add(row);
         }
-        Ok(WriteJob {
+        let job = WriteJob {
             batch_id,
             received: records.len() as u32,
             rows: rows.into(),
             insert,
             deltas,
             ack,
-        })
+        };
+        Ok((job, rejected))
     }
 }
 
@@ -176,34 +277,63 @@ async fn commit_and_ack(deps: &WriterDeps, mut jobs: Vec<WriteJob>) {
                     duplicates: job.received - applied,
                 };
                 // A proxy that went away resends the batch; nothing to do here.
-                let _ = job.ack.send(Ok(ack)).await;
+                job.ack.send_now(Ok(ack));
             }
         }
         Err(error) => {
             tracing::error!(%error, "committing stats failed; proxies will resend");
             for job in jobs {
-                let _ = job
-                    .ack
-                    .send(Err(Status::unavailable("stats commit failed; resend")))
-                    .await;
+                job.ack
+                    .send_now(Err(Status::unavailable("stats commit failed; resend")));
             }
         }
     }
 }
 
-/// Converts a wire record; `None` (logged) when its ids are malformed.
-fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
+/// Converts a wire record by the rules of the module doc; `None` (logged)
+/// when its ids are malformed or it is older than the retention.
+fn to_row(
+    r: &llmlb_proto::v1::RequestRecord,
+    admission: Admission,
+    rejected: &mut Rejected,
+) -> Option<HistoryRow> {
     let (Ok(request_id), Ok(endpoint_id)) = (
         Uuid::parse_str(&r.request_id),
         Uuid::parse_str(&r.endpoint_id),
     ) else {
         tracing::warn!(request_id = %r.request_id, endpoint_id = %r.endpoint_id, "dropping stats record with a malformed id");
+        rejected.malformed_id += 1;
         return None;
     };
-    let duration_ms = if r.duration_ms.is_finite() {
-        r.duration_ms.max(0.0)
+    if request_history::id_time_ms(&request_id)
+        < admission.now.saturating_sub(admission.retention_ms)
+    {
+        tracing::warn!(request_id = %r.request_id, proxy_id = %r.proxy_id, "refusing a stats record older than the history retention (is the proxy's clock behind?)");
+        rejected.older_than_retention += 1;
+        return None;
+    }
+    let duration_ms = if (0.0..=MAX_DURATION_MS).contains(&r.duration_ms) {
+        r.duration_ms
     } else {
+        rejected.duration += 1;
         0.0
+    };
+    let mut tokens = |n: u64| {
+        if n > MAX_TOKENS_PER_RECORD {
+            rejected.tokens += 1;
+            0
+        } else {
+            n
+        }
+    };
+    let (input_tokens, output_tokens) = (tokens(r.input_tokens), tokens(r.output_tokens));
+    let completed_at = match r.completed_at.as_ref().map(from_timestamp) {
+        Some(at) if at > admission.now => {
+            rejected.future_completion += 1;
+            admission.now
+        }
+        Some(at) => at,
+        None => admission.now,
     };
     Some(HistoryRow {
         request_id,
@@ -215,13 +345,9 @@ fn to_row(r: &llmlb_proto::v1::RequestRecord) -> Option<HistoryRow> {
         success: r.success,
         duration_ms,
         ttft_ms: r.ttft_ms.filter(|t| t.is_finite()),
-        input_tokens: r.input_tokens,
-        output_tokens: r.output_tokens,
-        completed_at: r
-            .completed_at
-            .as_ref()
-            .map(from_timestamp)
-            .unwrap_or_else(now_ms),
+        input_tokens,
+        output_tokens,
+        completed_at,
         error: r.error.clone(),
         api_key_id: r.api_key_id.clone(),
     })
@@ -382,7 +508,18 @@ async fn commit(deps: &WriterDeps, jobs: &mut [WriteJob]) -> Result<Vec<u32>, sq
         .iter()
         .map(|new| new.iter().filter(|n| **n).count() as u32)
         .collect();
-    let models = models.0;
+    // Endpoints deleted since the states were folded (the fold asked the
+    // registry before this transaction began): their rows must not be
+    // written back, or a deleted endpoint's TPS would come back at boot.
+    // Deletes go through this same connection, so inside the transaction
+    // the answer cannot change.
+    let mut models = models.0;
+    let ids: std::collections::HashSet<Uuid> = models.keys().map(|k| k.endpoint_id).collect();
+    if !ids.is_empty() {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        let stored = db_endpoints::existing(&mut tx, &ids).await?;
+        models.retain(|k, _| stored.contains(&k.endpoint_id));
+    }
     // One statement per ≤500 keys, not one per key: each statement is a
     // round trip to sqlx's SQLite thread.
     let counters: Vec<_> = deltas.counters.iter().map(|(id, c)| (*id, c)).collect();
@@ -428,11 +565,16 @@ pub struct StatsService {
     pub load: LoadManager,
     /// Ends every stream at shutdown.
     pub shutdown: CancellationToken,
+    /// Counts the values records were refused or changed for.
+    pub metrics: Metrics,
+    /// `--history-retention`: older records are refused.
+    pub retention: std::time::Duration,
 }
 
 #[tonic::async_trait]
 impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
-    type StreamStatsStream = ReceiverStream<Result<StatsAck, Status>>;
+    type StreamStatsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<StatsAck, Status>> + Send>>;
 
     async fn stream_stats(
         &self,
@@ -447,8 +589,17 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                 ))
             }
         };
+        // 64 replies: twice what a proxy keeps unacknowledged. A client that
+        // lets them pile up is closed (see `AckTx`), never waited for.
         let (tx, rx) = mpsc::channel(64);
+        let close = CancellationToken::new();
+        let ack = AckTx {
+            tx: tx.clone(),
+            close: close.clone(),
+        };
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let this = self.clone();
+        let closed = close.clone();
         tokio::spawn(async move {
             let conn = this.load.proxy_connected(&proxy_id);
             tracing::info!(%proxy_id, "proxy connected");
@@ -456,6 +607,7 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                 let msg = tokio::select! {
                     msg = inbound.message() => msg,
                     _ = this.shutdown.cancelled() => break,
+                    _ = closed.cancelled() => break,
                 };
                 let kind = match msg {
                     Ok(Some(m)) => m.kind,
@@ -472,14 +624,21 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
                     Some(stats_upload::Kind::Batch(b)) => {
                         // CPU work of a millisecond or so: on the blocking pool,
                         // so the runtime's threads stay free for dashboard reads.
-                        let ack = tx.clone();
+                        let ack = ack.clone();
+                        let admission = Admission {
+                            now: now_ms(),
+                            retention_ms,
+                        };
                         let prepared = tokio::task::spawn_blocking(move || {
-                            WriteJob::new(b.batch_id, &b.records, ack)
+                            WriteJob::new(b.batch_id, &b.records, ack, admission)
                         })
                         .await
                         .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
                         let job = match prepared {
-                            Ok(job) => job,
+                            Ok((job, rejected)) => {
+                                this.metrics.count_rejected(&rejected);
+                                job
+                            }
                             Err(status) => {
                                 let _ = tx.send(Err(status)).await;
                                 break;
@@ -514,6 +673,247 @@ impl llmlb_proto::v1::stats_service_server::StatsService for StatsService {
             this.load.proxy_disconnected(&proxy_id, conn);
             tracing::info!(%proxy_id, "proxy disconnected");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let replies = ReceiverStream::new(rx).take_until(close.cancelled_owned());
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{endpoints as stored_endpoints, test_db};
+    use crate::events::Events;
+    use crate::registry::NewEndpoint;
+    use llmlb_proto::v1::RequestRecord;
+
+    async fn deps() -> (WriterDeps, tempfile::TempDir) {
+        let (db, dir) = test_db().await;
+        let events = Events::default();
+        let registry = Registry::load(db.clone(), events.clone()).await.unwrap();
+        let api_keys = ApiKeys::load(db.clone(), events.clone()).await.unwrap();
+        let deps = WriterDeps {
+            db,
+            registry,
+            load: LoadManager::new(events),
+            api_keys,
+            metrics: Metrics::default(),
+        };
+        (deps, dir)
+    }
+
+    async fn endpoint(deps: &WriterDeps) -> Uuid {
+        let new = NewEndpoint {
+            name: "e".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            models: vec!["m".into()],
+            health_path: None,
+        };
+        deps.registry.create(new).await.unwrap().id
+    }
+
+    fn wire(endpoint_id: Uuid, completed_at: i64, input: u64, output: u64) -> RequestRecord {
+        RequestRecord {
+            request_id: Uuid::now_v7().to_string(),
+            proxy_id: "p".into(),
+            endpoint_id: endpoint_id.to_string(),
+            model: "m".into(),
+            api_kind: 1,
+            status_code: 200,
+            success: true,
+            duration_ms: 1000.0,
+            ttft_ms: None,
+            input_tokens: input,
+            output_tokens: output,
+            completed_at: Some(crate::types::timestamp(completed_at)),
+            error: None,
+            api_key_id: None,
+        }
+    }
+
+    fn job(records: &[RequestRecord], now: i64) -> (WriteJob, Rejected) {
+        let (tx, rx) = mpsc::channel(64);
+        std::mem::forget(rx);
+        let ack = AckTx {
+            tx,
+            close: CancellationToken::new(),
+        };
+        let admission = Admission {
+            now,
+            retention_ms: 7 * DAY_MS,
+        };
+        WriteJob::new(1, records, ack, admission).unwrap()
+    }
+
+    /// A backend reporting `prompt_tokens: i64::MAX` on two requests: the
+    /// counts over the bound are stored as 0 (and counted), the requests
+    /// still count, and every figure reads back at the next boot.
+    #[tokio::test]
+    async fn absurd_token_counts_are_refused_and_boot_still_reads_everything() {
+        let (deps, _dir) = deps().await;
+        let e = endpoint(&deps).await;
+        let now = now_ms();
+        let huge = i64::MAX as u64;
+        let records = [wire(e, now, huge, 5), wire(e, now, huge, huge)];
+        let (mut job, rejected) = job(&records, now);
+        assert_eq!(rejected.tokens, 3);
+        assert_eq!(
+            commit(&deps, std::slice::from_mut(&mut job)).await.unwrap(),
+            [2]
+        );
+        let stored = stored_endpoints::load_all(&deps.db.read).await.unwrap();
+        let c = stored[0].counters;
+        assert_eq!(
+            (c.total_requests, c.input_tokens, c.output_tokens),
+            (2, 0, 5)
+        );
+        let report =
+            crate::restore::restore(&deps.db, &LoadManager::new(Events::default()), now).await;
+        assert!(report.failed_steps.is_empty(), "{report:?}");
+    }
+
+    /// Sums past 2^63 saturate in SQL and in memory; a REAL or negative
+    /// value left in a counter column (by an older version, or by hand)
+    /// reads as saturated / 0 with a warning instead of stopping boot.
+    #[tokio::test]
+    async fn stored_sums_saturate_and_any_stored_value_boots() {
+        let (deps, _dir) = deps().await;
+        let e = endpoint(&deps).await;
+        let big = Counters {
+            total_requests: 1,
+            input_tokens: u64::MAX / 2 + 7,
+            ..Default::default()
+        };
+        let mut conn = deps.db.write.acquire().await.unwrap();
+        for _ in 0..3 {
+            stored_endpoints::add_counters(&mut conn, e, &big)
+                .await
+                .unwrap();
+        }
+        // Saturated in SQL, still an INTEGER (an overflowing `+` would
+        // have turned the column REAL).
+        let (kind, value): (String, i64) = sqlx::query_as(
+            "SELECT typeof(total_input_tokens), CAST(total_input_tokens AS INTEGER) FROM endpoints",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((kind.as_str(), value), ("integer", i64::MAX));
+        let now = now_ms();
+        let minute = crate::types::minute_of(now);
+        for (sql, bind) in [
+            (
+                "UPDATE endpoints SET total_output_tokens = 1.5e19, failed_requests = -4",
+                None,
+            ),
+            (
+                "INSERT INTO request_minutes VALUES (?, 1.5e19, -3, 10.0)",
+                Some(minute),
+            ),
+            (
+                "INSERT INTO model_stats VALUES (?, 'm', 1, 1.5e19, -2, 3.0, 0)",
+                None,
+            ),
+        ] {
+            let mut q = sqlx::query(sql);
+            if sql.contains("model_stats") {
+                q = q.bind(e.to_string());
+            } else if let Some(m) = bind {
+                q = q.bind(m);
+            }
+            q.execute(&mut *conn).await.unwrap();
+        }
+        drop(conn);
+        let again = Registry::load(deps.db.clone(), Events::default())
+            .await
+            .expect("boot reads any stored value");
+        let c = again.get(e).unwrap().counters;
+        assert_eq!(c.input_tokens, i64::MAX as u64);
+        assert_eq!(c.output_tokens, i64::MAX as u64);
+        assert_eq!((c.total_requests, c.failed_requests), (3, 0));
+        let load = LoadManager::new(Events::default());
+        let report = crate::restore::restore(&deps.db, &load, now).await;
+        assert!(report.failed_steps.is_empty(), "{report:?}");
+        let last = load.history(minute)[59].1;
+        assert_eq!((last.success, last.failure), (i64::MAX as u64, 0));
+    }
+
+    /// One rule for a record's minute, live and restored: a completion time
+    /// in the future is clamped to the receive time, so the record shows in
+    /// the current minute at once, and the same after a restart.
+    #[tokio::test]
+    async fn a_future_completion_counts_in_the_receive_minute_live_and_restored() {
+        let (deps, _dir) = deps().await;
+        let e = endpoint(&deps).await;
+        let now = now_ms();
+        let minute = crate::types::minute_of(now);
+        let (mut job, rejected) = job(&[wire(e, now + 10 * 60_000, 1, 1)], now);
+        assert_eq!(rejected.future_completion, 1);
+        commit(&deps, std::slice::from_mut(&mut job)).await.unwrap();
+        let live = deps.load.history(minute);
+        assert_eq!(live[59].1.success, 1, "live: the receive minute");
+        let restored = LoadManager::new(Events::default());
+        crate::restore::restore(&deps.db, &restored, now).await;
+        assert_eq!(restored.history(minute), live);
+        assert_eq!(
+            restored.average_response_time(minute),
+            deps.load.average_response_time(minute)
+        );
+    }
+
+    /// A record older than the retention (by its id: the proxy's receive
+    /// time) is refused, so the pruner can never have deleted a record that
+    /// is then applied again.
+    #[test]
+    fn records_older_than_the_retention_are_refused() {
+        let now = now_ms();
+        let e = Uuid::new_v4();
+        let mut old = wire(e, now, 1, 1);
+        old.request_id = crate::db::request_history::v7_at(now - 8 * DAY_MS).to_string();
+        let fresh = wire(e, now, 1, 1);
+        let (job, rejected) = job(&[old, fresh], now);
+        assert_eq!(job.rows.len(), 1);
+        assert_eq!(rejected.older_than_retention, 1);
+    }
+
+    /// Deleting an endpoint while a commit for it is in flight (its TPS
+    /// state folded before the delete, written after it) leaves no
+    /// `model_stats` row behind to be restored at every boot.
+    #[tokio::test]
+    async fn a_commit_racing_a_delete_leaves_no_model_stats() {
+        let (deps, _dir) = deps().await;
+        let e = endpoint(&deps).await;
+        let now = now_ms();
+        let (mut job, _) = job(&[wire(e, now, 1, 10)], now);
+        // The delete lands in the database between the fold (which still
+        // finds the endpoint in the registry) and the writer's transaction.
+        stored_endpoints::delete(&deps.db.write, e).await.unwrap();
+        commit(&deps, std::slice::from_mut(&mut job)).await.unwrap();
+        let rows = crate::db::model_stats::load_all(&deps.db.read)
+            .await
+            .unwrap();
+        assert!(rows.is_empty(), "{rows:?}");
+    }
+
+    /// The writer never waits for a stream's acks: a full ack queue closes
+    /// that stream instead.
+    #[test]
+    fn a_full_ack_queue_closes_its_stream_without_waiting() {
+        let (tx, _rx) = mpsc::channel(1);
+        let ack = AckTx {
+            tx,
+            close: CancellationToken::new(),
+        };
+        let reply = || {
+            Ok(StatsAck {
+                batch_id: 1,
+                applied: 1,
+                duplicates: 0,
+            })
+        };
+        ack.send_now(reply());
+        assert!(!ack.close.is_cancelled());
+        ack.send_now(reply());
+        assert!(ack.close.is_cancelled());
     }
 }

@@ -53,8 +53,8 @@ impl Sample {
 /// Folds one sample into a model state (EMA with α = 0.2; the first sample
 /// is taken as is).
 pub fn observe(state: &mut ModelState, s: Sample) {
-    state.request_count += 1;
-    state.total_output_tokens += s.output_tokens;
+    state.request_count = state.request_count.saturating_add(1);
+    state.total_output_tokens = state.total_output_tokens.saturating_add(s.output_tokens);
     if s.tps_eligible() {
         let tps = s.output_tokens as f64 / (s.duration_ms / 1000.0);
         state.tps_ema = Some(match state.tps_ema {
@@ -293,7 +293,7 @@ impl LoadManager {
             .minutes
             .range(now_minute - WINDOW_MINUTES + 1..=now_minute)
             .fold((0u64, 0f64), |(c, t), (_, m)| {
-                (c + m.count(), t + m.total_duration_ms)
+                (c.saturating_add(m.count()), t + m.total_duration_ms)
             });
         (count > 0).then(|| total / count as f64)
     }

@@ -20,6 +20,12 @@ struct StatusLabel {
     status: &'static str,
 }
 
+/// Label set of the rejected-values counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// Shared handle to the metrics.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -32,6 +38,8 @@ struct Inner {
     registry: PromRegistry,
     /// Stats records applied (new, not duplicates).
     records_ingested: Counter,
+    /// Record values refused or changed at ingest, by reason.
+    values_rejected: Family<ReasonLabel, Counter>,
     /// Commit latency of stats transactions.
     commit_seconds: Histogram,
     /// Proxies with an open stats stream (set at scrape).
@@ -52,6 +60,14 @@ impl Default for Metrics {
             "stats_records_ingested",
             "Stats records applied (duplicates excluded)",
             records_ingested.clone(),
+        );
+        let values_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "stats_values_rejected",
+            "Stats record values refused or changed at ingest, by reason \
+             (tokens, duration: stored as 0; future_completion: clamped to the receive time; \
+             older_than_retention, malformed_id: record refused)",
+            values_rejected.clone(),
         );
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
@@ -87,6 +103,7 @@ impl Default for Metrics {
             inner: Arc::new(Inner {
                 registry,
                 records_ingested,
+                values_rejected,
                 commit_seconds,
                 connected_proxies,
                 endpoints,
@@ -102,6 +119,18 @@ impl Metrics {
     pub fn observe_commit(&self, took: Duration, records: u64) {
         self.inner.commit_seconds.observe(took.as_secs_f64());
         self.inner.records_ingested.inc_by(records);
+    }
+
+    /// Counts what ingest refused or changed in one batch.
+    pub fn count_rejected(&self, rejected: &crate::ingest::Rejected) {
+        for (reason, n) in rejected.by_reason() {
+            if n > 0 {
+                self.inner
+                    .values_rejected
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc_by(u64::from(n));
+            }
+        }
     }
 
     /// One health probe took `took`.

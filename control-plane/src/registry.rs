@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::db::endpoints::{self as db_endpoints, Counters, EndpointRow, ProbeUpdate};
 use crate::db::Db;
 use crate::events::Events;
-use crate::types::{now_ms, Status};
+use crate::types::{now_ms, Status, UnixMs};
 
 /// Errors of registry operations; mapped to gRPC codes in `grpc::error`.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub struct NewEndpoint {
     pub api_key: Option<String>,
     /// Static models; empty = discover.
     pub models: Vec<String>,
+    /// Path probed for liveness instead of `/v1/models`; `None` or empty: none.
+    pub health_path: Option<String>,
 }
 
 /// What an operator asks to change; `None` keeps the value.
@@ -59,6 +61,8 @@ pub struct EndpointChanges {
     pub models: Option<Vec<String>>,
     /// Go back to discovery.
     pub clear_models: bool,
+    /// New health path; `Some("")` removes it.
+    pub health_path: Option<String>,
 }
 
 /// Shared handle to the registry.
@@ -198,7 +202,36 @@ pub fn validate_base_url(url: &str) -> Result<String, RegistryError> {
     if uri.query().is_some() {
         return Err(bad("must not have a query"));
     }
-    Ok(url.trim().trim_end_matches('/').to_string())
+    // The server root is stored: `http://h:8000/v1` and `http://h:8000/v1/`
+    // (what OpenAI client settings hold) mean `http://h:8000`, whose
+    // `/v1/models` is probed and whose `/v1/...` the proxies call.
+    let root = url.trim().trim_end_matches('/');
+    let root = root
+        .strip_suffix("/v1")
+        .unwrap_or(root)
+        .trim_end_matches('/');
+    Ok(root.to_string())
+}
+
+/// Checks a health path: `/` followed by at most 1,024 URL path
+/// characters (a query is allowed); `Some("")` means "none" (`Ok(None)`).
+pub fn validate_health_path(path: &str) -> Result<Option<String>, RegistryError> {
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        RegistryError::Invalid(format!(
+            "healthPath {path:?} must be an absolute path such as /health (at most 1024 characters)"
+        ))
+    };
+    if !path.starts_with('/') || path.starts_with("//") || path.len() > 1024 {
+        return Err(bad());
+    }
+    match path.parse::<http::uri::PathAndQuery>() {
+        Ok(_) => Ok(Some(path.to_string())),
+        Err(_) => Err(bad()),
+    }
 }
 
 /// Checks a static model list: non-empty names, no duplicates (order kept).
@@ -276,11 +309,18 @@ impl Registry {
         let name = validate_name(&new.name)?;
         let base_url = validate_base_url(&new.base_url)?;
         let models = validate_models(&new.models)?;
+        let health_path = new
+            .health_path
+            .as_deref()
+            .map(validate_health_path)
+            .transpose()?
+            .flatten();
         let now = now_ms();
         let row = EndpointRow {
             id: Uuid::new_v4(),
             name,
             base_url,
+            health_path,
             api_key: new.api_key.filter(|k| !k.is_empty()),
             static_models: (!models.is_empty()).then_some(models),
             discovered_models: Vec::new(),
@@ -290,6 +330,7 @@ impl Registry {
             last_checked_at: None,
             last_error: None,
             counters: Counters::default(),
+            model_objects: Default::default(),
             created_at: now,
             updated_at: now,
         };
@@ -312,6 +353,11 @@ impl Registry {
         let name = ch.name.as_deref().map(validate_name).transpose()?;
         let base_url = ch.base_url.as_deref().map(validate_base_url).transpose()?;
         let models = ch.models.as_deref().map(validate_models).transpose()?;
+        let health_path = ch
+            .health_path
+            .as_deref()
+            .map(validate_health_path)
+            .transpose()?;
         let _guard = self.inner.changes.lock().await;
         let mut row = self.get(id)?;
         let mut reprobe = false;
@@ -327,6 +373,10 @@ impl Registry {
             reprobe |= key != row.api_key;
             row.api_key = key;
         }
+        if let Some(path) = health_path {
+            reprobe |= path != row.health_path;
+            row.health_path = path;
+        }
         if ch.clear_models {
             reprobe |= row.static_models.is_some();
             row.static_models = None;
@@ -339,7 +389,9 @@ impl Registry {
             row.status = Status::Pending;
             row.consecutive_failures = 0;
         }
-        row.updated_at = now_ms();
+        // The configuration generation: strictly increasing, so a probe
+        // result of the previous configuration is always told apart.
+        row.updated_at = now_ms().max(row.updated_at + 1);
         let found = db_endpoints::update_config(&self.inner.db.write, &row)
             .await
             .map_err(|e| map_unique(e, &row.name))?;
@@ -351,6 +403,7 @@ impl Registry {
             // Counters and probe results may have moved meanwhile: keep them.
             cached.name = row.name.clone();
             cached.base_url = row.base_url.clone();
+            cached.health_path = row.health_path.clone();
             cached.api_key = row.api_key.clone();
             cached.static_models = row.static_models.clone();
             cached.status = row.status;
@@ -378,26 +431,38 @@ impl Registry {
     }
 
     /// Applies a health probe result to the database and the cache. A failed
-    /// probe keeps the last latency (seed US2). Returns the new row, or
-    /// `None` if the endpoint was deleted meanwhile.
+    /// probe keeps the last latency (seed US2). `generation` is the
+    /// `updated_at` of the configuration the probe was made for: a result
+    /// for an older configuration (a probe of the old URL that lands after
+    /// `UpdateEndpoint`) is dropped. Returns the new row, or `None` if the
+    /// endpoint was deleted or changed meanwhile.
     pub async fn record_probe(
         &self,
         id: Uuid,
+        generation: UnixMs,
         result: crate::health::ProbeResult,
     ) -> Result<Option<EndpointRow>, RegistryError> {
         let _guard = self.inner.changes.lock().await;
         let Ok(current) = self.get(id) else {
             return Ok(None);
         };
+        if current.updated_at != generation {
+            tracing::debug!(endpoint_id = %id, "dropping a probe result of an older configuration");
+            return Ok(None);
+        }
+        let mut objects = None;
         let update = match result {
-            Ok((latency_ms, models)) => ProbeUpdate {
-                status: Status::Online,
-                latency_ms: Some(latency_ms),
-                consecutive_failures: 0,
-                checked_at: now_ms(),
-                last_error: None,
-                discovered_models: Some(models),
-            },
+            Ok(ok) => {
+                objects = Some(ok.objects);
+                ProbeUpdate {
+                    status: Status::Online,
+                    latency_ms: Some(ok.latency_ms),
+                    consecutive_failures: 0,
+                    checked_at: now_ms(),
+                    last_error: None,
+                    discovered_models: Some(ok.models),
+                }
+            }
             Err(error) => {
                 let failures = current.consecutive_failures.saturating_add(1);
                 ProbeUpdate {
@@ -413,10 +478,13 @@ impl Registry {
         if !db_endpoints::record_probe(&self.inner.db.write, id, &update).await? {
             return Ok(None);
         }
-        let Some(row) = self.apply_probe_to_cache(id, &update) else {
+        let Some(row) = self.apply_probe_to_cache(id, &update, objects) else {
             return Ok(None);
         };
-        if row.status != current.status || row.discovered_models != current.discovered_models {
+        if row.status != current.status
+            || row.discovered_models != current.discovered_models
+            || row.model_objects != current.model_objects
+        {
             self.inner.events.routing_changed();
         } else {
             self.inner.events.dashboard_changed();
@@ -425,8 +493,16 @@ impl Registry {
     }
 
     /// Cache half of `record_probe` (seed T004: `None` latency keeps the value).
-    fn apply_probe_to_cache(&self, id: Uuid, u: &ProbeUpdate) -> Option<EndpointRow> {
+    fn apply_probe_to_cache(
+        &self,
+        id: Uuid,
+        u: &ProbeUpdate,
+        objects: Option<Vec<(String, String)>>,
+    ) -> Option<EndpointRow> {
         self.inner.endpoints.write().modify(&id, |row| {
+            if let Some(objects) = objects {
+                row.model_objects = objects.into();
+            }
             row.status = u.status;
             if let Some(latency) = u.latency_ms {
                 row.latency_ms = Some(latency);
@@ -487,13 +563,25 @@ mod tests {
         assert_eq!(e.status, Status::Pending);
         assert_eq!(e.base_url, "http://127.0.0.1:9");
         let steps: [(crate::health::ProbeResult, Status, f64); 4] = [
-            (Ok((120.0, vec!["m".into()])), Status::Online, 120.0),
+            (
+                Ok(crate::health::ProbeOk::listed(120.0, vec!["m".into()])),
+                Status::Online,
+                120.0,
+            ),
             (Err("refused".into()), Status::Error, 120.0),
             (Err("refused".into()), Status::Offline, 120.0),
-            (Ok((95.0, vec!["m".into()])), Status::Online, 95.0),
+            (
+                Ok(crate::health::ProbeOk::listed(95.0, vec!["m".into()])),
+                Status::Online,
+                95.0,
+            ),
         ];
         for (result, status, latency) in steps {
-            let row = reg.record_probe(e.id, result).await.unwrap().unwrap();
+            let row = reg
+                .record_probe(e.id, e.updated_at, result)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!((row.status, row.latency_ms), (status, Some(latency)));
             let cached = reg.get(e.id).unwrap();
             let stored = endpoints::load_all(&reg.inner.db.read)
@@ -552,6 +640,27 @@ mod tests {
         );
         assert!(validate_base_url("http://[::1]").is_ok());
         assert!(validate_base_url("http://[::1]:8080").is_ok());
+        // With or without a trailing /v1 (and /): the server root is stored.
+        for same in [
+            "http://h:8000",
+            "http://h:8000/",
+            "http://h:8000/v1",
+            "http://h:8000/v1/",
+        ] {
+            assert_eq!(validate_base_url(same).unwrap(), "http://h:8000", "{same}");
+        }
+        assert_eq!(
+            validate_base_url("https://h/openai/v1/").unwrap(),
+            "https://h/openai"
+        );
+        assert_eq!(validate_health_path("").unwrap(), None);
+        assert_eq!(
+            validate_health_path("/health").unwrap().as_deref(),
+            Some("/health")
+        );
+        for bad in ["health", "//h/x", "/a b"] {
+            assert!(validate_health_path(bad).is_err(), "{bad}");
+        }
         assert!(validate_base_url("http://[::1]:0").is_err());
     }
 
@@ -605,6 +714,51 @@ mod tests {
         assert_eq!(reg.get(e.id).unwrap().name, "a");
     }
 
+    /// A probe made for the old URL that lands after `UpdateEndpoint` is
+    /// dropped: the endpoint stays PENDING, without the old latency and
+    /// models; a probe of the new configuration applies.
+    #[tokio::test]
+    async fn a_probe_of_an_older_configuration_is_dropped() {
+        let (reg, _dir) = registry().await;
+        let e = reg.create(new("a")).await.unwrap();
+        let updated = reg
+            .update(
+                e.id,
+                EndpointChanges {
+                    base_url: Some("http://127.0.0.1:10".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(updated.updated_at > e.updated_at);
+        let stale = reg
+            .record_probe(
+                e.id,
+                e.updated_at,
+                Ok(crate::health::ProbeOk::listed(1.0, vec!["old".into()])),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stale, None);
+        let now = reg.get(e.id).unwrap();
+        assert_eq!((now.status, now.latency_ms), (Status::Pending, None));
+        assert!(now.discovered_models.is_empty());
+        let fresh = reg
+            .record_probe(
+                e.id,
+                updated.updated_at,
+                Ok(crate::health::ProbeOk::listed(2.0, vec!["new".into()])),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (fresh.status, fresh.latency_ms),
+            (Status::Online, Some(2.0))
+        );
+    }
+
     #[tokio::test]
     async fn the_cache_is_rebuilt_from_the_database() {
         let (db, _dir) = test_db().await;
@@ -617,7 +771,13 @@ mod tests {
             })
             .await
             .unwrap();
-        reg.record_probe(e.id, Ok((7.5, vec![]))).await.unwrap();
+        reg.record_probe(
+            e.id,
+            e.updated_at,
+            Ok(crate::health::ProbeOk::listed(7.5, vec![])),
+        )
+        .await
+        .unwrap();
         let again = Registry::load(db, Events::default()).await.unwrap();
         assert_eq!(again.snapshot(), reg.snapshot());
         assert_eq!(again.get(e.id).unwrap().models(), ["x".to_string()]);

@@ -45,6 +45,9 @@ pub struct Endpoint {
     pub routable: bool,
     /// Models served.
     pub models: Vec<String>,
+    /// Model id → its full object (JSON text) from the endpoint's own
+    /// `/v1/models`, as the control plane last saw it.
+    pub model_objects: HashMap<String, String>,
     /// Shared in-flight count and latency estimate.
     pub load: Arc<Load>,
 }
@@ -138,6 +141,17 @@ impl Table {
         self.api_keys.get(&digest).map(String::as_str)
     }
 
+    /// The full object of `model` (JSON text) as the first routable endpoint
+    /// (in table order) that has one reported it, if any did.
+    pub fn model_object(&self, model: &str) -> Option<&str> {
+        self.by_model.get(model)?.iter().find_map(|&i| {
+            let e = &self.endpoints[i];
+            e.routable
+                .then(|| e.model_objects.get(model).map(String::as_str))
+                .flatten()
+        })
+    }
+
     /// Models of the routable endpoints, sorted, without duplicates.
     pub fn online_models(&self) -> BTreeSet<&str> {
         self.endpoints
@@ -174,6 +188,7 @@ fn endpoint(proto: RouteEndpoint, loads: &Loads) -> Endpoint {
         authorization,
         routable: online && url_ok,
         models: proto.models,
+        model_objects: proto.model_objects,
     }
 }
 
@@ -300,6 +315,7 @@ mod tests {
             status: status as i32,
             models: models.iter().map(|m| (*m).into()).collect(),
             name: id.into(),
+            model_objects: Default::default(),
         }
     }
 
@@ -333,6 +349,7 @@ mod tests {
             table.online_models().into_iter().collect::<Vec<_>>(),
             ["m1", "m2"]
         );
+        assert_eq!(table.model_object("m1"), None);
         let a = &table.route("m2").unwrap()[0];
         assert_eq!(a.base_url, "http://127.0.0.1:1/a");
         assert_eq!(a.authorization.as_ref().unwrap(), "Bearer up-key");

@@ -9,6 +9,11 @@
 //! - responses: `usage.input_tokens` and `usage.output_tokens`, at the top of
 //!   a non-streamed response, or under `response` in the `response.completed`
 //!   stream event.
+//!
+//! A count over [`MAX_TOKENS`] (2^40) is not a token count but a broken or
+//! hostile server (`prompt_tokens: 9223372036854775807` has been seen): it
+//! reads as 0, so no stats record carries it. The control plane applies the
+//! same bound to every record it receives.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -36,6 +41,14 @@ pub struct UsageInfo {
     pub usage_only_chunk: bool,
 }
 
+/// Most tokens one count may say (2^40, about 1.1e12); larger counts read
+/// as 0. The same bound as the control plane's `MAX_TOKENS_PER_RECORD`.
+pub const MAX_TOKENS: u64 = 1 << 40;
+
+fn bounded(count: Option<u64>) -> u64 {
+    count.filter(|n| *n <= MAX_TOKENS).unwrap_or(0)
+}
+
 #[derive(Deserialize)]
 struct RawUsage {
     prompt_tokens: Option<u64>,
@@ -47,8 +60,8 @@ struct RawUsage {
 impl RawUsage {
     fn usage(&self) -> Usage {
         Usage {
-            input_tokens: self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
-            output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
+            input_tokens: bounded(self.prompt_tokens.or(self.input_tokens)),
+            output_tokens: bounded(self.completion_tokens.or(self.output_tokens)),
         }
     }
 }
@@ -330,6 +343,27 @@ mod tests {
             Some(Usage {
                 input_tokens: 1,
                 output_tokens: 2
+            })
+        );
+    }
+
+    /// Absurd counts (over 2^40) read as 0; the bound itself is kept.
+    #[test]
+    fn absurd_token_counts_read_as_zero() {
+        let doc = br#"{"choices":[],"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":1099511627776}}"#;
+        assert_eq!(
+            parse(doc).unwrap().usage,
+            Some(Usage {
+                input_tokens: 0,
+                output_tokens: MAX_TOKENS
+            })
+        );
+        let doc = br#"{"usage":{"input_tokens":1099511627777,"output_tokens":5}}"#;
+        assert_eq!(
+            parse(doc).unwrap().usage,
+            Some(Usage {
+                input_tokens: 0,
+                output_tokens: 5
             })
         );
     }

@@ -72,6 +72,7 @@ pub async fn create_endpoint(
             base_url: base_url.into(),
             api_key: None,
             models: models.iter().map(|m| m.to_string()).collect(),
+            health_path: None,
         })
         .await
         .expect("create endpoint")

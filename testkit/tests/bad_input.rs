@@ -743,6 +743,7 @@ async fn grpc_refuses_oversized_messages_and_bad_records_and_stores_nothing() {
             base_url: "http://h".into(),
             api_key: Some("k".repeat(5 << 20)),
             models: vec![],
+            health_path: None,
         })
         .await
         .unwrap_err();
@@ -840,4 +841,68 @@ async fn stats_stream_error(
             }
         }
     }
+}
+
+/// The value of a control plane metric line starting with `prefix`.
+async fn control_metric(http_url: &str, prefix: &str) -> f64 {
+    let text = http()
+        .get(format!("{http_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A backend reporting `prompt_tokens: 9223372036854775807` on two
+/// requests: the counts over the per-record bound (2^40) are stored as 0
+/// and counted in `/metrics`; the requests count; the control plane boots
+/// again afterwards with the same figures.
+#[tokio::test]
+async fn absurd_token_counts_are_refused_counted_and_never_stop_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ControlPlaneOptions::new(dir.path().join("llmlb.db"));
+    let cp = ControlPlane::start(options.clone());
+    let grpc = cp.grpc_url();
+    let e = create_endpoint(&grpc, "e", "http://127.0.0.1:9", &["m"]).await;
+    let absurd = |out| pb::RequestRecord {
+        input_tokens: i64::MAX as u64,
+        ..record(&e.id, now_ms(), out, 100.0)
+    };
+    assert_eq!(send_stats(&grpc, "p", 1, vec![absurd(7)]).await.applied, 1);
+    assert_eq!(
+        send_stats(&grpc, "p", 2, vec![absurd(u64::MAX)])
+            .await
+            .applied,
+        1
+    );
+    let before = overview(&grpc).await;
+    let stats = before.stats.unwrap();
+    assert_eq!(
+        (
+            stats.total_requests,
+            stats.total_input_tokens,
+            stats.total_output_tokens
+        ),
+        (2, 0, 7)
+    );
+    assert_eq!(
+        control_metric(
+            &cp.http_url(),
+            "llmlb_control_stats_values_rejected_total{reason=\"tokens\"}"
+        )
+        .await,
+        3.0
+    );
+    let _ = cp.terminate();
+    let cp = ControlPlane::restart_same(&options);
+    let after = overview(&cp.grpc_url()).await;
+    assert_eq!(after.stats.unwrap().total_requests, 2);
+    assert_eq!(endpoint_stats(&after, &e.id).total_output_tokens, 7);
 }

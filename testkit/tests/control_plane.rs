@@ -27,6 +27,7 @@ async fn endpoints_are_managed_through_grpc_and_rest() {
             base_url: "http://127.0.0.1:9".into(),
             api_key: Some("sk-secret-upstream".into()),
             models: vec!["m1".into()],
+            health_path: None,
         })
         .await
         .unwrap()
@@ -385,6 +386,39 @@ fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), content);
 }
 
+/// One writer per SQLite file: a second control plane on the file of a
+/// running one exits non-zero with a message naming the file, before it
+/// serves anything; the first keeps running.
+#[tokio::test]
+async fn a_second_control_plane_on_the_same_file_exits_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let first = ControlPlane::start(ControlPlaneOptions::new(path.clone()));
+    let out = std::process::Command::new(process::bin_path("llmlb-control"))
+        .args([
+            "--database",
+            path.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second one must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("another control plane"),
+        "the error names the file: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it never listened"
+    );
+    // The first one is unaffected.
+    overview(&first.grpc_url()).await;
+}
+
 #[test]
 fn bad_flags_exit_64_with_one_line() {
     for args in [
@@ -414,4 +448,138 @@ async fn a_missing_database_file_is_created() {
         .unwrap()
         .status();
     assert_eq!(status, 200);
+}
+
+/// The endpoint's state as the API shows it.
+async fn endpoint_now(grpc: &str, id: &str) -> pb::Endpoint {
+    endpoints_client(grpc)
+        .get_endpoint(pb::GetEndpointRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_status(grpc: &str, id: &str, status: pb::EndpointStatus) -> pb::Endpoint {
+    eventually(Duration::from_secs(20), "endpoint status", || async {
+        let e = endpoint_now(grpc, id).await;
+        (e.status == status as i32).then_some(e)
+    })
+    .await
+}
+
+/// A server without `GET /v1/models` (404): with models given by hand it is
+/// ONLINE (any answer but 5xx is alive); without them it is not, and
+/// `lastError` names the full URL probed. A `baseUrl` ending in `/v1` (or
+/// `/v1/`) is stored as the server root, so nothing asks `/v1/v1/models`.
+/// With a `healthPath`, that path is probed instead (any 2xx is alive).
+#[tokio::test]
+async fn servers_without_a_model_list_are_usable_with_models_given_by_hand() {
+    let (cp, _dir) = start();
+    let grpc = cp.grpc_url();
+    let fake = FakeServer::start(FakeConfig {
+        models: vec!["m".into()],
+        habits: llmlb_fake_openai::Habits::parse(["no-models"]).unwrap(),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let by_hand = create_endpoint(
+        &grpc,
+        "by-hand",
+        &format!("{}/v1/", fake.base_url()),
+        &["m"],
+    )
+    .await;
+    assert_eq!(by_hand.base_url, fake.base_url(), "the root is stored");
+    wait_status(&grpc, &by_hand.id, pb::EndpointStatus::Online).await;
+
+    let discover =
+        create_endpoint(&grpc, "discover", &format!("{}/v1", fake.base_url()), &[]).await;
+    let e = wait_status(&grpc, &discover.id, pb::EndpointStatus::Error).await;
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some(format!("GET {}/v1/models answered 404 Not Found", fake.base_url()).as_str())
+    );
+
+    // A health path is probed instead of /v1/models: here one that does not
+    // exist, so the endpoint with models by hand fails, naming that URL.
+    let mut client = endpoints_client(&grpc);
+    let e = client
+        .update_endpoint(pb::UpdateEndpointRequest {
+            id: by_hand.id.clone(),
+            health_path: Some("/health".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.health_path.as_deref(), Some("/health"));
+    let e = wait_status(&grpc, &by_hand.id, pb::EndpointStatus::Error).await;
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some(format!("GET {}/health answered 404 Not Found", fake.base_url()).as_str())
+    );
+    // Removed again (the empty string): /v1/models' 404 counts as alive.
+    client
+        .update_endpoint(pb::UpdateEndpointRequest {
+            id: by_hand.id.clone(),
+            health_path: Some(String::new()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = wait_status(&grpc, &by_hand.id, pb::EndpointStatus::Online).await;
+    assert_eq!(e.health_path, None);
+
+    // A health path that answers 2xx, on a server with a model list: the
+    // models are still discovered from /v1/models. It survives a restart.
+    let listing = FakeServer::start(FakeConfig {
+        models: vec!["x".into()],
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let e = endpoints_client(&grpc)
+        .create_endpoint(pb::CreateEndpointRequest {
+            name: "health-path".into(),
+            base_url: listing.base_url(),
+            health_path: Some("/v1/models".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let online = wait_status(&grpc, &e.id, pb::EndpointStatus::Online).await;
+    assert_eq!(online.models, ["x"]);
+    let options = cp.options.clone();
+    let _ = cp.terminate();
+    let cp = ControlPlane::restart_same(&options);
+    let e = endpoint_now(&cp.grpc_url(), &e.id).await;
+    assert_eq!(e.health_path.as_deref(), Some("/v1/models"));
+}
+
+/// The proxy's `GET /v1/models` serves each model as its server described
+/// it (vLLM-like: `owned_by`, `created`, `max_model_len`, ...), not a
+/// placeholder.
+#[tokio::test]
+async fn the_proxy_lists_models_as_their_server_described_them() {
+    let (cp, _dir) = start();
+    let grpc = cp.grpc_url();
+    let fake = FakeServer::start(FakeConfig {
+        models: vec!["m".into()],
+        habits: llmlb_fake_openai::Habits::parse(["model-metadata"]).unwrap(),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let e = create_endpoint(&grpc, "vllm", &fake.base_url(), &[]).await;
+    wait_online(&grpc, &e.id).await;
+    let proxy = Proxy::start(&grpc, &[]);
+    wait_model_listed(&proxy.url(), "m", None).await;
+    let direct = get_json(format!("{}/v1/models", fake.base_url())).await;
+    let via_proxy = get_json(format!("{}/v1/models", proxy.url())).await;
+    assert_eq!(via_proxy["data"], direct["data"]);
+    assert_eq!(via_proxy["data"][0]["owned_by"], "vllm");
+    assert_eq!(via_proxy["data"][0]["max_model_len"], 32768);
+    assert_eq!(via_proxy["data"][0]["created"], 1_733_000_000);
 }

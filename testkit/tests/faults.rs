@@ -430,11 +430,22 @@ async fn history_past_the_retention_is_pruned_and_aggregates_stay() {
     };
     assert_eq!(sums(pool.clone()).await, (2_500, 2_500, 2_500));
 
-    // New stats keep being committed while the pruner works. A row dated
-    // ahead (a proxy's clock may run ahead) is younger than the retention
-    // and stays: only rows past it go.
+    // New stats keep being committed while the pruner works. A row from a
+    // proxy whose clock runs a minute ahead (its id, the proxy's receive
+    // time, is ahead too) is younger than the retention and stays: only
+    // rows past it go. (Its completion time is stored clamped to the
+    // receive time; pruning goes by the id.)
     batch_id += 1;
-    let fresh = record(&e.id, now_ms() + 60_000, 10, 100.0);
+    let ahead = now_ms() + 60_000;
+    let fresh = pb::RequestRecord {
+        request_id: uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (ahead / 1000) as u64,
+            0,
+        ))
+        .to_string(),
+        ..record(&e.id, ahead, 10, 100.0)
+    };
     let fresh_id = fresh.request_id.clone();
     assert_eq!(
         send_stats(&grpc, "retention", batch_id, vec![fresh])
@@ -459,4 +470,56 @@ async fn history_past_the_retention_is_pruned_and_aggregates_stay() {
     assert_eq!(a.total_output_tokens, b.total_output_tokens + 10);
     assert_eq!(endpoint_stats(&after, &e.id).total_requests, 2_501);
     pool.close().await;
+}
+
+/// A proxy whose clock is 8 days behind, with `--history-retention 2s`:
+/// its records are older than the retention by their id (the proxy's
+/// receive time), so they are refused and counted. Before, the pruner
+/// deleted the stored row within a second and the resend after a lost
+/// acknowledgement was applied a second time.
+#[tokio::test]
+async fn a_record_older_than_the_retention_is_refused_not_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ControlPlaneOptions::new(dir.path().join("llmlb.db"));
+    options
+        .args
+        .extend(["--history-retention".into(), "2s".into()]);
+    let cp = ControlPlane::start(options);
+    let grpc = cp.grpc_url();
+    let e = create_endpoint(&grpc, "e", "http://127.0.0.1:9", &["m"]).await;
+    let behind = now_ms() - 8 * 86_400_000;
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (behind / 1000) as u64,
+        ((behind % 1000) * 1_000_000) as u32,
+    );
+    let old = pb::RequestRecord {
+        request_id: uuid::Uuid::new_v7(ts).to_string(),
+        ..record(&e.id, behind, 10, 100.0)
+    };
+    assert_eq!(
+        send_stats(&grpc, "late", 1, vec![old.clone()])
+            .await
+            .applied,
+        0
+    );
+    // Past a pruning round, the "lost ack" resend.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(send_stats(&grpc, "late", 1, vec![old]).await.applied, 0);
+    let o = overview(&grpc).await;
+    assert_eq!(o.stats.unwrap().total_requests, 0);
+    let metrics = http()
+        .get(format!("{}/metrics", cp.http_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "llmlb_control_stats_values_rejected_total{reason=\"older_than_retention\"} 2"
+        ),
+        "{metrics}"
+    );
 }

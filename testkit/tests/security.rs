@@ -142,6 +142,42 @@ async fn the_admin_token_guards_operator_apis_but_not_reflection_or_health() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
 }
 
+/// The `Bearer` scheme is case-insensitive (RFC 7235) on gRPC and REST, as
+/// on the proxy; the token itself is compared exactly.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_on_grpc_and_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ControlPlaneOptions::new(dir.path().join("llmlb.db"));
+    options
+        .args
+        .extend(["--admin-token".into(), "op-secret".into()]);
+    let cp = ControlPlane::start(options);
+    let grpc = cp.grpc_url();
+    for value in ["bearer op-secret", "BEARER op-secret", "Bearer op-secret"] {
+        let mut req = tonic::Request::new(pb::GetStatsRequest {});
+        req.metadata_mut()
+            .insert("authorization", MetadataValue::from_static(value));
+        assert!(
+            dashboard_client(&grpc).get_stats(req).await.is_ok(),
+            "gRPC with {value:?}"
+        );
+        let resp = http()
+            .get(format!("{}/api/dashboard/stats", cp.http_url()))
+            .header("authorization", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "REST with {value:?}");
+    }
+    let resp = http()
+        .get(format!("{}/api/dashboard/stats", cp.http_url()))
+        .header("authorization", "bearer OP-SECRET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the token is case-sensitive");
+}
+
 #[tokio::test]
 async fn secrets_never_appear_in_replies() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,6 +188,7 @@ async fn secrets_never_appear_in_replies() {
         base_url: "http://127.0.0.1:9".into(),
         api_key: Some("sk-upstream-DO-NOT-LEAK".into()),
         models: vec!["m".into()],
+        health_path: None,
     })
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use crate::db::{from_sql_count, sat_add_sql, to_sql_count};
 use crate::types::ModelKey;
 
 /// Totals of one day and key (also used as a delta).
@@ -27,11 +28,13 @@ pub struct DailyTotals {
 impl DailyTotals {
     /// Adds `o` to `self`.
     pub fn add(&mut self, o: &DailyTotals) {
-        self.total_requests += o.total_requests;
-        self.successful_requests += o.successful_requests;
-        self.failed_requests += o.failed_requests;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
+        self.total_requests = self.total_requests.saturating_add(o.total_requests);
+        self.successful_requests = self
+            .successful_requests
+            .saturating_add(o.successful_requests);
+        self.failed_requests = self.failed_requests.saturating_add(o.failed_requests);
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
         self.duration_ms += o.duration_ms;
     }
 }
@@ -66,22 +69,24 @@ pub async fn add_many(
                 .push_bind(key.endpoint_id.to_string())
                 .push_bind(key.model.as_str())
                 .push_bind(key.api_kind)
-                .push_bind(d.total_requests as i64)
-                .push_bind(d.successful_requests as i64)
-                .push_bind(d.failed_requests as i64)
-                .push_bind(d.input_tokens as i64)
-                .push_bind(d.output_tokens as i64)
+                .push_bind(to_sql_count(d.total_requests))
+                .push_bind(to_sql_count(d.successful_requests))
+                .push_bind(to_sql_count(d.failed_requests))
+                .push_bind(to_sql_count(d.input_tokens))
+                .push_bind(to_sql_count(d.output_tokens))
                 .push_bind(d.duration_ms);
         });
-        q.push(
+        q.push(format!(
             " ON CONFLICT (date, endpoint_id, model, api_kind) DO UPDATE SET \
-             total_requests = total_requests + excluded.total_requests, \
-             successful_requests = successful_requests + excluded.successful_requests, \
-             failed_requests = failed_requests + excluded.failed_requests, \
-             total_input_tokens = total_input_tokens + excluded.total_input_tokens, \
-             total_output_tokens = total_output_tokens + excluded.total_output_tokens, \
+             total_requests = {}, successful_requests = {}, failed_requests = {}, \
+             total_input_tokens = {}, total_output_tokens = {}, \
              total_duration_ms = total_duration_ms + excluded.total_duration_ms",
-        );
+            sat_add_sql("total_requests", "excluded.total_requests"),
+            sat_add_sql("successful_requests", "excluded.successful_requests"),
+            sat_add_sql("failed_requests", "excluded.failed_requests"),
+            sat_add_sql("total_input_tokens", "excluded.total_input_tokens"),
+            sat_add_sql("total_output_tokens", "excluded.total_output_tokens"),
+        ));
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -94,8 +99,10 @@ pub async fn for_date(
 ) -> Result<Vec<(ModelKey, DailyTotals)>, sqlx::Error> {
     type Row = (String, String, i32, i64, i64, i64, i64, i64, f64);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT endpoint_id, model, api_kind, total_requests, successful_requests, failed_requests, \
-         total_input_tokens, total_output_tokens, total_duration_ms \
+        "SELECT endpoint_id, model, api_kind, CAST(total_requests AS INTEGER), \
+         CAST(successful_requests AS INTEGER), CAST(failed_requests AS INTEGER), \
+         CAST(total_input_tokens AS INTEGER), CAST(total_output_tokens AS INTEGER), \
+         CAST(total_duration_ms AS REAL) \
          FROM endpoint_daily_stats WHERE date = ?",
     )
     .bind(date)
@@ -110,11 +117,11 @@ pub async fn for_date(
                 api_kind,
             };
             let totals = DailyTotals {
-                total_requests: t.max(0) as u64,
-                successful_requests: s.max(0) as u64,
-                failed_requests: f.max(0) as u64,
-                input_tokens: i.max(0) as u64,
-                output_tokens: o.max(0) as u64,
+                total_requests: from_sql_count(t, "daily total_requests"),
+                successful_requests: from_sql_count(s, "daily successful_requests"),
+                failed_requests: from_sql_count(f, "daily failed_requests"),
+                input_tokens: from_sql_count(i, "daily total_input_tokens"),
+                output_tokens: from_sql_count(o, "daily total_output_tokens"),
                 duration_ms: d,
             };
             Some((key, totals))

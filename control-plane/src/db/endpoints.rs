@@ -3,6 +3,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use crate::db::{from_sql_count, sat_add_sql, to_sql_count};
 use crate::types::{Status, UnixMs};
 
 /// One endpoint as stored.
@@ -12,8 +13,11 @@ pub struct EndpointRow {
     pub id: Uuid,
     /// Unique name.
     pub name: String,
-    /// Base URL (serves /v1/...).
+    /// Base URL: the server root, which serves /v1/... (stored without a
+    /// trailing `/v1`).
     pub base_url: String,
+    /// Path probed for liveness instead of `/v1/models`, if set.
+    pub health_path: Option<String>,
     /// Upstream key; never returned by an API.
     pub api_key: Option<String>,
     /// Operator's static model list; `None` = discover.
@@ -32,6 +36,11 @@ pub struct EndpointRow {
     pub last_error: Option<String>,
     /// Lifetime request counters and tokens.
     pub counters: Counters,
+    /// Each discovered model's full object from the last successful
+    /// `/v1/models` reply, as JSON text (`created`, `owned_by`,
+    /// `max_model_len`, ...). In memory only: empty after a restart until
+    /// the first probe.
+    pub model_objects: std::sync::Arc<[(String, String)]>,
     /// Registration time.
     pub created_at: UnixMs,
     /// Last configuration change.
@@ -56,11 +65,14 @@ pub struct Counters {
 impl Counters {
     /// Adds `other` to `self`.
     pub fn add(&mut self, other: &Counters) {
-        self.total_requests += other.total_requests;
-        self.successful_requests += other.successful_requests;
-        self.failed_requests += other.failed_requests;
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
+        // Saturating: a sum never wraps (see `db::to_sql_count`).
+        self.total_requests = self.total_requests.saturating_add(other.total_requests);
+        self.successful_requests = self
+            .successful_requests
+            .saturating_add(other.successful_requests);
+        self.failed_requests = self.failed_requests.saturating_add(other.failed_requests);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
     }
 }
 
@@ -93,9 +105,11 @@ fn parse_models(json: &str) -> Vec<String> {
 pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, name, base_url, api_key, static_models, discovered_models, status, \
-         latency_ms, consecutive_failures, last_checked_at, last_error, total_requests, \
-         successful_requests, failed_requests, total_input_tokens, total_output_tokens, \
-         created_at, updated_at FROM endpoints ORDER BY name",
+         latency_ms, consecutive_failures, last_checked_at, last_error, \
+         CAST(total_requests AS INTEGER), CAST(successful_requests AS INTEGER), \
+         CAST(failed_requests AS INTEGER), CAST(total_input_tokens AS INTEGER), \
+         CAST(total_output_tokens AS INTEGER), created_at, updated_at, health_path \
+         FROM endpoints ORDER BY name",
     )
     .fetch_all(pool)
     .await?;
@@ -107,12 +121,14 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
             tracing::warn!(%id, "skipping endpoint row with a malformed id");
             continue;
         };
-        let count =
-            |i: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(i)?.max(0) as u64) };
+        let count = |i: usize| -> Result<u64, sqlx::Error> {
+            Ok(from_sql_count(r.try_get::<i64, _>(i)?, "endpoints counter"))
+        };
         out.push(EndpointRow {
             id,
             name: r.try_get(1)?,
             base_url: r.try_get(2)?,
+            health_path: r.try_get(18)?,
             api_key: r.try_get(3)?,
             static_models: r
                 .try_get::<Option<String>, _>(4)?
@@ -121,7 +137,7 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
             discovered_models: parse_models(&r.try_get::<String, _>(5)?),
             status: Status::parse(&r.try_get::<String, _>(6)?),
             latency_ms: r.try_get(7)?,
-            consecutive_failures: count(8)? as u32,
+            consecutive_failures: r.try_get::<i64, _>(8)?.clamp(0, i64::from(u32::MAX)) as u32,
             last_checked_at: r.try_get(9)?,
             last_error: r.try_get(10)?,
             counters: Counters {
@@ -131,6 +147,7 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
                 input_tokens: count(14)?,
                 output_tokens: count(15)?,
             },
+            model_objects: Default::default(),
             created_at: r.try_get(16)?,
             updated_at: r.try_get(17)?,
         });
@@ -142,8 +159,8 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<EndpointRow>, sqlx::Error
 pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO endpoints (id, name, base_url, api_key, static_models, discovered_models, \
-         status, latency_ms, consecutive_failures, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         status, latency_ms, consecutive_failures, created_at, updated_at, health_path) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(e.id.to_string())
     .bind(&e.name)
@@ -156,6 +173,7 @@ pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Erro
     .bind(i64::from(e.consecutive_failures))
     .bind(e.created_at)
     .bind(e.updated_at)
+    .bind(&e.health_path)
     .execute(pool)
     .await?;
     Ok(())
@@ -165,7 +183,7 @@ pub async fn insert(pool: &SqlitePool, e: &EndpointRow) -> Result<(), sqlx::Erro
 pub async fn update_config(pool: &SqlitePool, e: &EndpointRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE endpoints SET name = ?, base_url = ?, api_key = ?, static_models = ?, \
-         status = ?, consecutive_failures = ?, updated_at = ? WHERE id = ?",
+         status = ?, consecutive_failures = ?, updated_at = ?, health_path = ? WHERE id = ?",
     )
     .bind(&e.name)
     .bind(&e.base_url)
@@ -174,6 +192,7 @@ pub async fn update_config(pool: &SqlitePool, e: &EndpointRow) -> Result<bool, s
     .bind(e.status.as_str())
     .bind(i64::from(e.consecutive_failures))
     .bind(e.updated_at)
+    .bind(&e.health_path)
     .bind(e.id.to_string())
     .execute(pool)
     .await?;
@@ -240,25 +259,48 @@ pub async fn add_counters_many(
     rows: &[(Uuid, &Counters)],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(COUNTER_ROWS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "UPDATE endpoints SET total_requests = total_requests + d.column2, \
-             successful_requests = successful_requests + d.column3, \
-             failed_requests = failed_requests + d.column4, \
-             total_input_tokens = total_input_tokens + d.column5, \
-             total_output_tokens = total_output_tokens + d.column6 FROM (",
-        );
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(&format!(
+            "UPDATE endpoints SET total_requests = {}, successful_requests = {}, \
+                 failed_requests = {}, total_input_tokens = {}, total_output_tokens = {} FROM (",
+            sat_add_sql("total_requests", "d.column2"),
+            sat_add_sql("successful_requests", "d.column3"),
+            sat_add_sql("failed_requests", "d.column4"),
+            sat_add_sql("total_input_tokens", "d.column5"),
+            sat_add_sql("total_output_tokens", "d.column6"),
+        ));
         q.push_values(chunk, |mut b, (id, d)| {
             b.push_bind(id.to_string())
-                .push_bind(d.total_requests as i64)
-                .push_bind(d.successful_requests as i64)
-                .push_bind(d.failed_requests as i64)
-                .push_bind(d.input_tokens as i64)
-                .push_bind(d.output_tokens as i64);
+                .push_bind(to_sql_count(d.total_requests))
+                .push_bind(to_sql_count(d.successful_requests))
+                .push_bind(to_sql_count(d.failed_requests))
+                .push_bind(to_sql_count(d.input_tokens))
+                .push_bind(to_sql_count(d.output_tokens));
         });
         q.push(") AS d WHERE endpoints.id = d.column1");
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Which of `ids` are stored, read on `conn` (inside the writer's
+/// transaction: what it says holds until the commit).
+pub async fn existing(
+    conn: &mut SqliteConnection,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let mut found = std::collections::HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(COUNTER_ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id FROM endpoints WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(id.to_string());
+        }
+        q.push(")");
+        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        found.extend(rows.iter().filter_map(|(id,)| Uuid::parse_str(id).ok()));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -267,6 +309,7 @@ pub(crate) fn sample(name: &str) -> EndpointRow {
         id: Uuid::new_v4(),
         name: name.into(),
         base_url: "http://127.0.0.1:9".into(),
+        health_path: None,
         api_key: Some("sk-upstream".into()),
         static_models: None,
         discovered_models: vec![],
@@ -276,6 +319,7 @@ pub(crate) fn sample(name: &str) -> EndpointRow {
         last_checked_at: None,
         last_error: None,
         counters: Counters::default(),
+        model_objects: Default::default(),
         created_at: 1,
         updated_at: 1,
     }

@@ -4,6 +4,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use crate::db::{from_sql_count, to_sql_count};
 use crate::types::{ModelKey, UnixMs};
 
 /// Persisted state of one key.
@@ -46,8 +47,8 @@ pub async fn put_many(
             b.push_bind(key.endpoint_id.to_string())
                 .push_bind(key.model.as_str())
                 .push_bind(key.api_kind)
-                .push_bind(s.request_count as i64)
-                .push_bind(s.total_output_tokens as i64)
+                .push_bind(to_sql_count(s.request_count))
+                .push_bind(to_sql_count(s.total_output_tokens))
                 .push_bind(s.tps_ema)
                 .push_bind(now);
         });
@@ -64,7 +65,8 @@ pub async fn put_many(
 /// Every key's state.
 pub async fn load_all(pool: &SqlitePool) -> Result<Vec<(ModelKey, ModelState)>, sqlx::Error> {
     let rows: Vec<(String, String, i32, i64, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT endpoint_id, model, api_kind, request_count, total_output_tokens, tps_ema FROM model_stats",
+        "SELECT endpoint_id, model, api_kind, CAST(request_count AS INTEGER), \
+         CAST(total_output_tokens AS INTEGER), CAST(tps_ema AS REAL) FROM model_stats",
     )
     .fetch_all(pool)
     .await?;
@@ -79,9 +81,9 @@ pub async fn load_all(pool: &SqlitePool) -> Result<Vec<(ModelKey, ModelState)>, 
             Some((
                 key,
                 ModelState {
-                    request_count: n.max(0) as u64,
-                    total_output_tokens: o.max(0) as u64,
-                    tps_ema: tps,
+                    request_count: from_sql_count(n, "model_stats request_count"),
+                    total_output_tokens: from_sql_count(o, "model_stats total_output_tokens"),
+                    tps_ema: tps.filter(|t| t.is_finite() && *t >= 0.0),
                 },
             ))
         })

@@ -212,6 +212,17 @@ pub async fn prune_before(
     Ok(done.rows_affected())
 }
 
+/// The Unix millisecond in the first 48 bits of `id` (for a UUIDv7, when
+/// the proxy received the request). Any id has one: `id < v7_floor(ms)`
+/// exactly when `id_time_ms(id) < ms`, which is what lets ingest refuse
+/// every record the pruner may have deleted.
+pub fn id_time_ms(id: &Uuid) -> UnixMs {
+    let b = id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&b[..6]);
+    u64::from_be_bytes(ms) as UnixMs
+}
+
 /// The smallest UUIDv7 of Unix millisecond `ms` (as stored: big-endian
 /// bytes, compared as a BLOB).
 fn v7_floor(ms: UnixMs) -> [u8; 16] {
@@ -309,6 +320,7 @@ mod tests {
             let floor = v7_floor(ms);
             assert!(floor <= *v7_at(ms).as_bytes());
             assert!(floor > *v7_at(ms - 1).as_bytes());
+            assert_eq!(id_time_ms(&v7_at(ms)), ms);
         }
     }
 

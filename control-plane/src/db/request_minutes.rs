@@ -4,6 +4,8 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
+use crate::db::{from_sql_count, sat_add_sql, to_sql_count};
+
 /// Totals of one UTC minute (also used as a delta).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MinuteTotals {
@@ -18,14 +20,14 @@ pub struct MinuteTotals {
 impl MinuteTotals {
     /// Adds `other` to `self`.
     pub fn add(&mut self, other: &MinuteTotals) {
-        self.success += other.success;
-        self.failure += other.failure;
+        self.success = self.success.saturating_add(other.success);
+        self.failure = self.failure.saturating_add(other.failure);
         self.total_duration_ms += other.total_duration_ms;
     }
 
     /// Completed attempts.
     pub fn count(&self) -> u64 {
-        self.success + self.failure
+        self.success.saturating_add(self.failure)
     }
 }
 
@@ -35,15 +37,16 @@ pub async fn add(
     minute: i64,
     d: &MinuteTotals,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO request_minutes (minute, success, failure, total_duration_ms) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (minute) DO UPDATE SET success = success + excluded.success, \
-         failure = failure + excluded.failure, \
+         ON CONFLICT (minute) DO UPDATE SET success = {}, failure = {}, \
          total_duration_ms = total_duration_ms + excluded.total_duration_ms",
-    )
+        sat_add_sql("success", "excluded.success"),
+        sat_add_sql("failure", "excluded.failure"),
+    ))
     .bind(minute)
-    .bind(d.success as i64)
-    .bind(d.failure as i64)
+    .bind(to_sql_count(d.success))
+    .bind(to_sql_count(d.failure))
     .bind(d.total_duration_ms)
     .execute(conn)
     .await?;
@@ -57,7 +60,8 @@ pub async fn load_range(
     last_minute: i64,
 ) -> Result<Vec<(i64, MinuteTotals)>, sqlx::Error> {
     let rows: Vec<(i64, i64, i64, f64)> = sqlx::query_as(
-        "SELECT minute, success, failure, total_duration_ms FROM request_minutes \
+        "SELECT minute, CAST(success AS INTEGER), CAST(failure AS INTEGER), \
+         CAST(total_duration_ms AS REAL) FROM request_minutes \
          WHERE minute BETWEEN ? AND ? ORDER BY minute",
     )
     .bind(first_minute)
@@ -68,8 +72,8 @@ pub async fn load_range(
         .into_iter()
         .map(|(m, s, f, d)| {
             let totals = MinuteTotals {
-                success: s.max(0) as u64,
-                failure: f.max(0) as u64,
+                success: from_sql_count(s, "request_minutes success"),
+                failure: from_sql_count(f, "request_minutes failure"),
                 total_duration_ms: d,
             };
             (m, totals)

@@ -25,7 +25,7 @@ impl BearerAuth {
         let Some(token) = &self.token else {
             return true;
         };
-        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(given) = header.and_then(bearer_credentials) else {
             return false;
         };
         constant_time_eq(given.as_bytes(), token.as_bytes())
@@ -51,6 +51,16 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// The credentials of an `authorization` value whose scheme is `Bearer`,
+/// matched case-insensitively (RFC 7235 §2.1: `bearer x` and `BEARER x`
+/// are the same as `Bearer x`), as the proxy matches client keys.
+pub fn bearer_credentials(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 /// Compares without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -66,6 +76,10 @@ mod tests {
         assert!(open.allows(None));
         let guarded = BearerAuth::new(Some("s3cret".into()), "admin token");
         assert!(guarded.allows(Some("Bearer s3cret")));
+        // The scheme is case-insensitive (RFC 7235), the token is not.
+        assert!(guarded.allows(Some("bearer s3cret")));
+        assert!(guarded.allows(Some("BEARER s3cret")));
+        assert!(!guarded.allows(Some("bearer S3CRET")));
         for bad in [
             None,
             Some("s3cret"),

@@ -24,6 +24,7 @@ pub fn to_pb(e: &EndpointRow) -> pb::Endpoint {
         id: e.id.to_string(),
         name: e.name.clone(),
         base_url: e.base_url.clone(),
+        health_path: e.health_path.clone(),
         has_api_key: e.api_key.is_some(),
         models: e.models().to_vec(),
         static_models: e.static_models.is_some(),
@@ -50,6 +51,7 @@ impl pb::endpoint_service_server::EndpointService for EndpointApi {
                 base_url: r.base_url,
                 api_key: r.api_key,
                 models: r.models,
+                health_path: r.health_path,
             })
             .await?;
         tracing::info!(endpoint_id = %row.id, name = %row.name, base_url = %row.base_url, "endpoint created");
@@ -84,6 +86,7 @@ impl pb::endpoint_service_server::EndpointService for EndpointApi {
             api_key: r.api_key,
             models: (!r.models.is_empty()).then_some(r.models),
             clear_models: r.clear_models,
+            health_path: r.health_path,
         };
         let row = self.registry.update(id, changes).await?;
         tracing::info!(endpoint_id = %row.id, name = %row.name, "endpoint updated");

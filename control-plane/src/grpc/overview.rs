@@ -513,12 +513,17 @@ impl Tally {
             EpStatus::Pending => s.pending_endpoints += 1,
             EpStatus::Error => s.error_endpoints += 1,
         }
-        s.active_requests += active;
-        s.total_requests += e.counters.total_requests;
-        s.successful_requests += e.counters.successful_requests;
-        s.failed_requests += e.counters.failed_requests;
-        s.total_input_tokens += e.counters.input_tokens;
-        s.total_output_tokens += e.counters.output_tokens;
+        // Saturating: stored sums may sit at 2^63 - 1 (see `db::to_sql_count`).
+        s.active_requests = s.active_requests.saturating_add(active);
+        s.total_requests = s.total_requests.saturating_add(e.counters.total_requests);
+        s.successful_requests = s
+            .successful_requests
+            .saturating_add(e.counters.successful_requests);
+        s.failed_requests = s.failed_requests.saturating_add(e.counters.failed_requests);
+        s.total_input_tokens = s.total_input_tokens.saturating_add(e.counters.input_tokens);
+        s.total_output_tokens = s
+            .total_output_tokens
+            .saturating_add(e.counters.output_tokens);
         if e.status == EpStatus::Online {
             if let Some(latency) = e.latency_ms {
                 self.online_latencies.push(latency);
@@ -945,8 +950,13 @@ mod tests {
         f.completed(c, "m2", 1);
         let proxy = f.load.proxy_connected("p1");
         f.load.set_inflight("p1", proxy, HashMap::from([(b, 4)]));
+        let generation = f.registry.get(c).unwrap().updated_at;
         f.registry
-            .record_probe(c, Ok((12.5, vec!["m2".into()])))
+            .record_probe(
+                c,
+                generation,
+                Ok(crate::health::ProbeOk::listed(12.5, vec!["m2".into()])),
+            )
             .await
             .unwrap();
         let o = f.assert_encodings_match();
@@ -990,8 +1000,13 @@ mod tests {
         f.completed(b, "m1", 1);
         f.assert_encodings_match();
         assert_eq!((piece(&a), piece(&b)), (a_before, b_before));
+        let generation = f.registry.get(b).unwrap().updated_at;
         f.registry
-            .record_probe(b, Ok((3.0, vec!["m1".into()])))
+            .record_probe(
+                b,
+                generation,
+                Ok(crate::health::ProbeOk::listed(3.0, vec!["m1".into()])),
+            )
             .await
             .unwrap();
         f.assert_encodings_match();

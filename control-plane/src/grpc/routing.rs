@@ -36,6 +36,7 @@ impl RoutingApi {
                 id: e.id.to_string(),
                 base_url: e.base_url.clone(),
                 models: e.models().to_vec(),
+                model_objects: e.model_objects.iter().cloned().collect(),
                 api_key: e.api_key,
                 status: pb::EndpointStatus::from(e.status) as i32,
                 name: e.name,

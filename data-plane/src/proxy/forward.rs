@@ -291,6 +291,7 @@ mod tests {
             authorization: Some(HeaderValue::from_static("Bearer upstream")),
             routable: true,
             models: vec![],
+            model_objects: Default::default(),
             load: Arc::new(Load::new(Instant::now())),
         };
         let client = Request::post("/v1/chat/completions?x=1")

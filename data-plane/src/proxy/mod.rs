@@ -227,14 +227,25 @@ impl App {
         }
     }
 
-    /// `GET /v1/models`: the models of the ONLINE endpoints.
+    /// `GET /v1/models`: the models of the ONLINE endpoints, each as the
+    /// first ONLINE endpoint's server described it (its whole object from
+    /// that server's `/v1/models`: `created`, `owned_by`, `max_model_len`,
+    /// ...); a placeholder for models no server listed (given by hand).
     fn models<B>(&self, request: &Request<B>) -> Result<Response<ProxyBody>, ProxyError> {
         let table = self.routes.current().ok_or(ProxyError::NotReady)?;
         request::authorize(&table, request.headers(), self.require_api_key)?;
         let data: Vec<_> = table
             .online_models()
             .into_iter()
-            .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "llmlb"}))
+            .map(|id| {
+                table
+                    .model_object(id)
+                    .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+                    .filter(|object| object.get("id").and_then(|v| v.as_str()) == Some(id))
+                    .unwrap_or_else(
+                        || json!({"id": id, "object": "model", "created": 0, "owned_by": "llmlb"}),
+                    )
+            })
             .collect();
         Ok(json_response(
             StatusCode::OK,

@@ -53,6 +53,7 @@ fn install(app: &App, api_keys: Vec<RouteApiKey>) {
         status: status as i32,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         name: id.into(),
+        model_objects: Default::default(),
     };
     let proto = RoutingTable {
         version: 1,
@@ -213,6 +214,45 @@ async fn models_lists_online_models_only() {
         .collect();
     assert_eq!(ids, ["m-on", "shared"]);
     assert_eq!(body["data"][0]["owned_by"], "llmlb");
+}
+
+/// A model's object from its server's `/v1/models` (via the routing table)
+/// is served whole: `created`, `owned_by` and extra fields such as
+/// `max_model_len`; the first ONLINE endpoint's wins.
+#[tokio::test]
+async fn models_keep_what_the_first_server_said() {
+    let app = app(false);
+    let endpoint = |id: &str, status: EndpointStatus, owner: &str| {
+        RouteEndpoint {
+        id: id.into(),
+        base_url: "http://127.0.0.1:9".into(),
+        status: status as i32,
+        models: vec!["m".into()],
+        name: id.into(),
+        model_objects: [(
+            "m".to_string(),
+            format!(r#"{{"id":"m","object":"model","created":1700000000,"owned_by":"{owner}","max_model_len":32768}}"#),
+        )]
+        .into(),
+        ..Default::default()
+    }
+    };
+    let proto = RoutingTable {
+        version: 1,
+        endpoints: vec![
+            endpoint("off", EndpointStatus::Offline, "offline-one"),
+            endpoint("a", EndpointStatus::Online, "vllm"),
+            endpoint("b", EndpointStatus::Online, "other"),
+        ],
+        ..Default::default()
+    };
+    app.routes.install(Table::new(proto, &app.loads));
+    let (status, body) = call(&app, "GET", "/v1/models", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["data"],
+        json!([{"id":"m","object":"model","created":1700000000,"owned_by":"vllm","max_model_len":32768}])
+    );
 }
 
 #[tokio::test]

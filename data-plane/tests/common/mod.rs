@@ -251,6 +251,7 @@ pub fn endpoint(
         status: status as i32,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         name: format!("name-{id}"),
+        model_objects: Default::default(),
     }
 }
 

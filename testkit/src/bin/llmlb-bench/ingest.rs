@@ -425,7 +425,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Section> {
     let _ = writeln!(
         body,
         "Setup: one `llmlb-control` (release) on a file-backed SQLite database (WAL, \
-         `synchronous=NORMAL`) holding 1,000 endpoints × 4 models and 100,000 history rows; \
+         `synchronous=FULL` on the writer) holding 1,000 endpoints × 4 models and 100,000 history rows; \
          endpoints probed every 10 s (the default) against a `fake-openai`. N simulated proxies, \
          one HTTP/2 connection each, stream `StatsBatch`es of {BATCH} records with fresh UUIDv7 \
          ids, spread over the 4,000 endpoint × model keys, keeping up to {WINDOW} batches \

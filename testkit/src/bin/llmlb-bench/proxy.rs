@@ -200,6 +200,7 @@ impl Stack {
                 base_url: backend_url,
                 api_key: None,
                 models: vec![MODEL.into()],
+                health_path: None,
             })
             .await?;
             let deadline = Instant::now() + Duration::from_secs(30);
