@@ -5,7 +5,8 @@ Run by hand (not part of `make test`):
 
     scripts/attack_figures.py PROXY_BINARY [ATTACK ...]
 
-ATTACK is any of silent, stalled, unread, fds, drain (default: all). Each
+ATTACK is any of silent, stalled, unread, fds, drain, sseline, bigjson
+(default: all). Each
 attack gets a fresh proxy with default flags (fds: under
 `prlimit --nofile=1024:1024`), against fake-openai and llmlb-control from
 target/debug. Prints one line per attack: the proxy's RSS (VmRSS) and CPU
@@ -100,6 +101,8 @@ class Stack:
         )
         pairs = dict(kv.split("=", 1) for kv in line.split()[2:])
         self.grpc = "http://" + pairs["grpc"]
+        self.http = pairs["http"]
+        self.huge = None
         http("POST", f"http://{pairs['http']}/api/endpoints",
              {"name": "fake", "baseUrl": self.fake_url, "models": ["m"]})
 
@@ -128,6 +131,8 @@ class Stack:
         return proc, addr, log
 
     def stop(self):
+        if self.huge is not None:
+            self.huge.stop()
         for proc in (self.fake, self.cp):
             proc.kill()
             proc.wait()
@@ -261,7 +266,151 @@ def drain(stack, binary):
             f"aborted_connections={stopped.group(1) if stopped else '?'}")
 
 
-ATTACKS = {"silent": silent, "stalled": stalled, "unread": unread, "fds": fds, "drain": drain}
+class HugeServer:
+    """An upstream serving model `big` with answers no real server should
+    send: a 20 MiB SSE line written 4 KiB at a time, and a 16 MiB JSON body."""
+
+    SSE_LINE = 20 * MIB
+    JSON_BODY = 16 * MIB
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                body = b'{"object":"list","data":[{"id":"big","object":"model"}]}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", "0"))
+                request = json.loads(self.rfile.read(length))
+                try:
+                    if request.get("stream"):
+                        outer.sse(self)
+                    else:
+                        outer.json(self)
+                except OSError:
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def _chunk(handler, data):
+        handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def sse(self, handler):
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.end_headers()
+        self._chunk(handler, b'data: {"x":"')
+        piece = b"a" * 4096
+        for _ in range(self.SSE_LINE // 4096):
+            self._chunk(handler, piece)
+        self._chunk(handler, b'"}\n\ndata: [DONE]\n\n')
+        handler.wfile.write(b"0\r\n\r\n")
+
+    def json(self, handler):
+        item = b'{"object":"embedding","embedding":[' + b"0.125," * 1000 + b"0.5]},"
+        count = self.JSON_BODY // len(item)
+        tail = b'{}],"usage":{"prompt_tokens":7,"total_tokens":7}}'
+        head = b'{"object":"list","data":['
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(head) + count * len(item) + len(tail)))
+        handler.end_headers()
+        handler.wfile.write(head)
+        for _ in range(count):
+            handler.wfile.write(item)
+        handler.wfile.write(tail)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def _huge(stack):
+    if getattr(stack, "huge", None) is None:
+        stack.huge = HugeServer()
+        http("POST", f"http://{stack.http}/api/endpoints",
+             {"name": "huge", "baseUrl": stack.huge.url, "models": ["big"]})
+        time.sleep(1)
+    return stack.huge
+
+
+def _wait_model(addr, model):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if f'"{model}"'.encode() in http("GET", f"http://{addr}/v1/models")[1]:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+
+def sseline(stack, binary):
+    _huge(stack)
+    proc, addr, _ = stack.proxy(binary)
+    _wait_model(addr, "big")
+    rss0, cpu0 = rss_mib(proc.pid), cpu_s(proc.pid)
+    body = json.dumps({"model": "big", "stream": True, "messages": []}).encode()
+    s = connect(addr)
+    s.settimeout(120)
+    s.sendall(post_head(len(body)) + body)
+    received, started = 0, time.time()
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        received += len(data)
+        if data.endswith(b"0\r\n\r\n"):
+            break
+    took = time.time() - started
+    rss1, cpu = rss_mib(proc.pid), cpu_s(proc.pid) - cpu0
+    proc.kill()
+    return (f"one 20 MiB SSE line in 4 KiB writes: client got {received / MIB:.1f} MiB in {took:.1f} s; "
+            f"proxy CPU {cpu:.2f} s; RSS {rss0:.0f} -> {rss1:.0f} MiB")
+
+
+def bigjson(stack, binary):
+    _huge(stack)
+    proc, addr, _ = stack.proxy(binary)
+    _wait_model(addr, "big")
+    rss0, cpu0 = rss_mib(proc.pid), cpu_s(proc.pid)
+    body = json.dumps({"model": "big", "messages": []}).encode()
+    socks = []
+    for _ in range(10):
+        s = connect(addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(30)
+        s.sendall(post_head(len(body)) + body)
+        got = 0
+        while got < HugeServer.JSON_BODY - 2 * MIB:
+            got += len(s.recv(1 << 16))
+        socks.append(s)
+    time.sleep(5)
+    rss1, cpu = rss_mib(proc.pid), cpu_s(proc.pid) - cpu0
+    proc.kill()
+    return (f"10 clients that stop reading 2 MiB before the end of a 16 MiB JSON answer: "
+            f"RSS {rss0:.0f} -> {rss1:.0f} MiB; CPU {cpu:.2f} s")
+
+
+ATTACKS = {"silent": silent, "stalled": stalled, "unread": unread, "fds": fds, "drain": drain,
+           "sseline": sseline, "bigjson": bigjson}
 
 
 def main():

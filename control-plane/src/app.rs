@@ -123,7 +123,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         (Some(cert), Some(key)) => Some(TlsFiles::load(cert, key)?),
         _ => None,
     };
-    let db = Db::open(&config.database).await?;
+    let db = Db::open(&config.sqlite_path()).await?;
     let events = Events::default();
     let metrics = Metrics::default();
     let registry = Registry::load(db.clone(), events.clone())
@@ -287,7 +287,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         }),
     };
     tasks.push(("http server", http_task));
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, database = %config.database.display(), "control plane listening");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, database = %config.sqlite_path().display(), "control plane listening");
     Ok(Running {
         grpc_addr,
         http_addr,

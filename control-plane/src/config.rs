@@ -39,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "LLMLB_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
 
-    /// SQLite database file (created if missing).
+    /// SQLite database: a file path or a `sqlite:` URL (created if missing).
+    /// `postgres://` URLs are refused by this build (PostgreSQL is not there yet).
     #[arg(long, env = "LLMLB_DATABASE", default_value = "./llmlb.db")]
     pub database: PathBuf,
 
@@ -82,8 +83,31 @@ pub struct Config {
 }
 
 impl Config {
+    /// The SQLite file `--database` names: a path as given, or the path of a
+    /// `sqlite:` / `sqlite://` URL (without its `?options`).
+    pub fn sqlite_path(&self) -> PathBuf {
+        let given = self.database.to_string_lossy();
+        match given
+            .strip_prefix("sqlite://")
+            .or_else(|| given.strip_prefix("sqlite:"))
+        {
+            Some(rest) => PathBuf::from(rest.split('?').next().unwrap_or(rest)),
+            None => self.database.clone(),
+        }
+    }
+
     /// Checks what clap cannot; the error is one line.
     pub fn validate(&self) -> Result<(), String> {
+        let database = self.database.to_string_lossy();
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            return Err(
+                "--database postgres://...: PostgreSQL is not supported by this build yet; give a SQLite file path or a sqlite: URL"
+                    .into(),
+            );
+        }
+        if self.sqlite_path().as_os_str().is_empty() {
+            return Err("--database names no file".into());
+        }
         if self.health_check_timeout > self.health_check_interval.max(Duration::from_secs(600)) {
             return Err("--health-check-timeout is longer than 10 minutes".into());
         }
@@ -118,6 +142,20 @@ mod tests {
                 .map_err(|e| e.to_string())?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn database_is_a_path_or_a_sqlite_url() {
+        let path = |db: &str| parse(&["--database", db]).map(|c| c.sqlite_path());
+        assert_eq!(path("./x.db"), Ok(PathBuf::from("./x.db")));
+        assert_eq!(path("sqlite:./x.db"), Ok(PathBuf::from("./x.db")));
+        assert_eq!(
+            path("sqlite:///tmp/x.db?mode=rwc"),
+            Ok(PathBuf::from("/tmp/x.db"))
+        );
+        let err = path("postgres://u@h:5432/db").unwrap_err();
+        assert!(err.contains("PostgreSQL is not supported"), "{err}");
+        assert!(path("sqlite:").is_err());
     }
 
     #[test]

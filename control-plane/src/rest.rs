@@ -153,7 +153,7 @@ pub fn router(gw: Gateway) -> Router {
         .route_layer(middleware::from_fn_with_state(gw.clone(), require_admin));
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD_HTML) }))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
         .fallback(|| async { ApiError(Status::not_found("no such route")) })
@@ -197,6 +197,13 @@ async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// `GET /healthz`: alive, and this replica's role. With SQLite there is one
+/// control plane per database file, always the leader (a standby needs a
+/// shared database, which this build does not have yet).
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok", "role": "leader"}))
 }
 
 // === dashboard ===

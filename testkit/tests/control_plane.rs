@@ -441,13 +441,14 @@ async fn a_missing_database_file_is_created() {
     assert!(!path.exists());
     let cp = ControlPlane::start(ControlPlaneOptions::new(path.clone()));
     assert!(path.exists());
-    let status = http()
+    let health = http()
         .get(format!("{}/healthz", cp.http_url()))
         .send()
         .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["role"], "leader", "SQLite: always the leader");
 }
 
 /// The endpoint's state as the API shows it.

@@ -342,6 +342,49 @@ mod tests {
     }
 
     /// Seed T001: a failed probe (latency None) keeps the stored latency.
+    /// Endpoints stored by a build that kept a trailing `/v1` get their
+    /// server root when the control plane is upgraded (migration 0004).
+    #[tokio::test]
+    async fn base_urls_stored_with_v1_get_their_root_on_upgrade() {
+        let (db, dir) = test_db().await;
+        let urls = [
+            ("a", "http://h:1/v1"),
+            ("b", "http://h:1/v1/"),
+            ("c", "http://h:1/api/v1"),
+            ("d", "http://h:1/"),
+            ("e", "http://h:1/V1"),
+            ("f", "http://h:1"),
+        ];
+        for (name, url) in urls {
+            let mut e = sample(name);
+            e.base_url = url.into();
+            insert(&db.write, &e).await.unwrap();
+        }
+        // The database as the previous build left it: 0004 not applied yet.
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4")
+            .execute(&db.write)
+            .await
+            .unwrap();
+        drop(db);
+        let db = super::super::Db::open(&dir.path().join("test.db"))
+            .await
+            .unwrap();
+        let mut rows = load_all(&db.read).await.unwrap();
+        rows.sort_by(|x, y| x.name.cmp(&y.name));
+        let got: Vec<&str> = rows.iter().map(|r| r.base_url.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "http://h:1",
+                "http://h:1",
+                "http://h:1/api",
+                "http://h:1",
+                "http://h:1/V1",
+                "http://h:1"
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn failed_probe_keeps_latency_in_the_database() {
         let (db, _dir) = test_db().await;
