@@ -5,7 +5,7 @@ Run by hand (not part of `make test`):
 
     scripts/attack_figures.py PROXY_BINARY [ATTACK ...]
 
-ATTACK is any of silent, stalled, unread, fds, drain, sseline
+ATTACK is any of silent, stalled, unread, fds, drain, sseline, bigjson
 (default: all). Each
 attack gets a fresh proxy with default flags (fds: under
 `prlimit --nofile=1024:1024`), against fake-openai and llmlb-control from
@@ -267,8 +267,9 @@ def drain(stack, binary):
 
 
 class HugeServer:
-    """An upstream serving model `big` with an answer no real server should
-    send: a 20 MiB SSE line written 4 KiB at a time."""
+    """An upstream serving model `big` with answers no real server should
+    send: a 20 MiB SSE line written 4 KiB at a time (streams), a 16 MiB JSON
+    body with its usage at the end (anything else)."""
 
     SSE_LINE = 20 * MIB
 
@@ -294,9 +295,12 @@ class HugeServer:
 
             def do_POST(self):
                 length = int(self.headers.get("content-length", "0"))
-                self.rfile.read(length)
+                request = json.loads(self.rfile.read(length))
                 try:
-                    outer.sse(self)
+                    if request.get("stream"):
+                        outer.sse(self)
+                    else:
+                        outer.json(self)
                 except OSError:
                     pass
 
@@ -319,6 +323,19 @@ class HugeServer:
             self._chunk(handler, piece)
         self._chunk(handler, b'"}\n\ndata: [DONE]\n\n')
         handler.wfile.write(b"0\r\n\r\n")
+
+    def json(self, handler):
+        item = b'{"object":"embedding","embedding":[' + b"0.125," * 1000 + b"0.5]},"
+        count = 16 * MIB // len(item)
+        head, tail = b'{"object":"list","data":[', b'{}],"usage":{"prompt_tokens":7,"total_tokens":7}}'
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(head) + count * len(item) + len(tail)))
+        handler.end_headers()
+        handler.wfile.write(head)
+        for _ in range(count):
+            handler.wfile.write(item)
+        handler.wfile.write(tail)
 
     def stop(self):
         self.server.shutdown()
@@ -368,8 +385,34 @@ def sseline(stack, binary):
             f"proxy CPU {cpu:.2f} s; RSS {rss0:.0f} -> {rss1:.0f} MiB")
 
 
+def bigjson(stack, binary):
+    _huge(stack)
+    proc, addr, _ = stack.proxy(binary)
+    _wait_model(addr, "big")
+    rss0, cpu0 = rss_mib(proc.pid), cpu_s(proc.pid)
+    body = json.dumps({"model": "big", "input": "x"}).encode()
+    head = post_head(len(body)).replace(b"/v1/chat/completions", b"/v1/embeddings")
+    socks = []
+    for _ in range(10):
+        s = connect(addr)
+        s.settimeout(20)
+        s.sendall(head + body)
+        got = 0
+        while got < 14 * MIB:
+            data = s.recv(1 << 16)
+            if not data:
+                break
+            got += len(data)
+        socks.append(s)
+    time.sleep(3)
+    rss1, cpu = rss_mib(proc.pid), cpu_s(proc.pid) - cpu0
+    proc.kill()
+    return (f"10 clients that stop reading 2 MiB before the end of a 16 MiB JSON answer: "
+            f"RSS {rss0:.0f} -> {rss1:.0f} MiB; CPU {cpu:.2f} s")
+
+
 ATTACKS = {"silent": silent, "stalled": stalled, "unread": unread, "fds": fds, "drain": drain,
-           "sseline": sseline}
+           "sseline": sseline, "bigjson": bigjson}
 
 
 def main():
