@@ -113,23 +113,17 @@ async fn a_cool_down_shows_in_the_dashboard_over_grpc_and_rest() {
         },
     )
     .await;
-    let rest = get_json(format!("{}/api/dashboard/endpoints", setup.cp.http_url())).await;
-    let entry = rest["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == endpoints[0].id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(entry["coolingDownProxies"], "1", "{entry}");
-    let overview = get_json(format!("{}/api/dashboard/overview", setup.cp.http_url())).await;
-    let entry = overview["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == endpoints[0].id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(entry["coolingDownProxies"], "1", "{entry}");
+    for path in ["endpoints", "overview"] {
+        let url = format!("{}/api/dashboard/{path}", setup.cp.http_url());
+        let reply = get_json(url).await;
+        let entry = reply["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == endpoints[0].id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(entry["coolingDownProxies"], "1", "{path}: {entry}");
+    }
     assert_eq!(limited.requests(), 1, "cooling for its Retry-After");
 }
