@@ -55,8 +55,15 @@ def test_every_request_succeeds_next_to_a_rate_limited_endpoint(servers):
     try:
         cp = start_control_plane(procs, tmp.name)
         rest = f"http://{cp['http']}"
+        # The healthy endpoint answers after 600 ms: slower than the latency
+        # the balancer assumes of an endpoint it has not measured (500 ms), so
+        # the rate-limited one, whose 429s are no latency sample, stays the
+        # cheaper pick and is tried whenever its cool-down allows. With a fast
+        # healthy endpoint the balancer may never try the other one, and the
+        # test would prove nothing (seen once in eight runs).
         fake, fake_url = spawn(
             "fake-openai", "--listen", "127.0.0.1:0", "--models", "ll-ratelimited", "--tokens", "5",
+            "--latency", "600ms",
             ready_prefix="listening on",
         )
         procs.append(fake)
