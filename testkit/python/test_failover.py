@@ -21,9 +21,9 @@ REQUESTS = 20
 
 
 def counters(rest):
-    stats = http_json("GET", f"{rest}/api/dashboard/stats")
-    entries = {e["name"]: e for e in http_json("GET", f"{rest}/api/dashboard/endpoints")["endpoints"]}
-    return stats, entries
+    """Stats and endpoint figures from one overview: one consistent read."""
+    overview = http_json("GET", f"{rest}/api/dashboard/overview")
+    return overview["stats"], {e["name"]: e for e in overview["endpoints"]}
 
 
 def direct_answers(litellm, n=6):
@@ -92,8 +92,12 @@ def test_every_request_succeeds_next_to_a_rate_limited_endpoint(servers):
         assert not failed, f"{len(failed)} of {REQUESTS} requests failed: {failed}"
 
         def settled():
+            # Wait until the attempts add up (the last 429's record may
+            # still be on its way when the last success is counted).
             stats, entries = counters(rest)
-            return (stats, entries) if int(entries["healthy"].get("successfulRequests", 0)) == REQUESTS else None
+            attempts = sum(int(e.get("totalRequests", 0)) for e in entries.values())
+            done = int(entries["healthy"].get("successfulRequests", 0)) == REQUESTS
+            return (stats, entries) if done and int(stats["totalRequests"]) == attempts else None
 
         stats, entries = eventually(settled, "the successes on the dashboard", timeout=10)
         limited, healthy = entries["litellm-ratelimited"], entries["healthy"]
